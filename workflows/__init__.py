@@ -1,0 +1,1 @@
+"""The application: jobs composed from library stages, the CLI, cluster orchestration."""

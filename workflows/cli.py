@@ -1,0 +1,61 @@
+"""The ``wsi-pipeline`` command. Each sub-command lives in its own ``workflows/cmd_<name>.py`` module
+(exposing ``command: click.Command``) and is imported only when used, so ``--help`` stays fast."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from wsi_pipeline import __version__
+from wsi_pipeline.errors import WsiPipelineError
+
+# name -> one-line help (shown without importing the module)
+COMMANDS: dict[str, str] = {
+    "demo": "Synthesize a multi-stain slide and run the default job on it with shipped weights.",
+    "synth": "Write seeded synthetic multi-stain kidney slides (+ truth GeoJSON and label mask).",
+    "tile": "Tile a slide's tissue into a zarr v3 store at a target resolution.",
+    "run": "Process slide files/folders: segment, classify, export QuPath GeoJSON.",
+    "train": "Train a model from a YAML recipe.",
+    "bench": "Run the ratio benchmarks.",
+}
+
+
+def _available() -> list[str]:
+    return [n for n in COMMANDS if importlib.util.find_spec(f"workflows.cmd_{n}") is not None]
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return _available()
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in _available():
+            return None
+        module = importlib.import_module(f"workflows.cmd_{cmd_name}")
+        return module.command  # type: ignore[no-any-return]
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="wsi-pipeline")
+def cli() -> None:
+    """Gigapixel kidney-biopsy slides -> glomerulus annotations for QuPath."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        cli.main(args=argv, prog_name="wsi-pipeline", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except WsiPipelineError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""Frozen, validated configuration objects loaded from YAML.
+
+Each job or stage defines a ``FrozenConfig`` subclass; :func:`load_config` validates a YAML file against it and
+raises :class:`~wsi_pipeline.errors.ConfigError` naming the file and the offending field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .errors import ConfigError
+
+C = TypeVar("C", bound="FrozenConfig")
+
+
+class FrozenConfig(BaseModel):
+    """Base class: immutable, unknown keys rejected, JSON round-trippable."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_dict(cls: type[C], data: dict[str, Any], *, source: str = "<dict>") -> C:
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(f"{source}: invalid {cls.__name__}: {_describe(exc)}") from None
+
+    def digest(self) -> str:
+        """Stable SHA-256 of the settings (used to detect stores written with other settings)."""
+        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+        parts.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
+    return "; ".join(parts)
+
+
+def load_config(path: str | Path, cls: type[C], *, section: str | None = None) -> C:
+    """Read ``path`` (YAML) and validate it as ``cls``; ``section`` picks one top-level key."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    if section is not None:
+        if section not in data:
+            raise ConfigError(f"{path}: missing section {section!r}")
+        data = data[section]
+    return cls.from_dict(data, source=str(path))
