@@ -1,5 +1,72 @@
 """Whole-slide reading: ``open_slide(path) -> Slide`` (openslide or tifffile backend)."""
 
-from .base import Slide, TileDecoder, TileGrid
+from __future__ import annotations
 
-__all__ = ["Slide", "TileDecoder", "TileGrid"]
+import os
+from pathlib import Path
+
+import openslide
+
+from ..errors import SlideError
+from .base import Slide, TileDecoder, TileGrid
+from .openslide_backend import OpenSlideSlide
+from .tifffile_backend import TiffSlide
+from .tiles import TiffTileDecoder
+
+__all__ = ["Slide", "TileDecoder", "TileGrid", "OpenSlideSlide", "TiffSlide", "TiffTileDecoder", "open_slide",
+           "choose_backend"]
+
+BACKENDS = ("auto", "openslide", "tifffile")
+_TIFF_MAGIC = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")
+
+
+def _is_ome_tiff(path: Path) -> bool:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return bool(tif.is_ome)
+    except Exception:  # not readable by tifffile either: let openslide produce the error message
+        return False
+
+
+def choose_backend(path: str | os.PathLike[str]) -> str:
+    """``"openslide"`` or ``"tifffile"`` for ``path``: openslide for every format it claims, except OME-TIFF.
+
+    >>> choose_backend("small.svs")  # doctest: +SKIP
+    'openslide'
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise SlideError(p, "no such file" if not p.exists() else "not a regular file")
+    try:
+        vendor = openslide.OpenSlide.detect_format(p)
+    except Exception:  # detect_format itself may fail on garbage; treat as unknown
+        vendor = None
+    if vendor is not None and vendor != "generic-tiff":
+        return "openslide"  # Aperio, Hamamatsu, MIRAX, Leica, DICOM, ...: openslide is the reference
+    with open(p, "rb") as fh:
+        is_tiff = fh.read(4) in _TIFF_MAGIC
+    if vendor == "generic-tiff":
+        # openslide sees OME-TIFF as a generic TIFF without its SubIFD pyramid or OME physical size
+        return "tifffile" if _is_ome_tiff(p) else "openslide"
+    # openslide does not recognise it: a TIFF it cannot read (stripped, odd layout) goes to tifffile
+    return "tifffile" if is_tiff else "openslide"
+
+
+def open_slide(path: str | os.PathLike[str], *, backend: str = "auto", mpp_override: float | None = None) -> Slide:
+    """Open a whole-slide image; raises ``SlideError`` naming the file and the reason when it cannot.
+
+    ``mpp_override`` replaces the file's microns per pixel (``slide.mpp_source == "override"``).
+
+    >>> with open_slide("small.svs") as s:  # doctest: +SKIP
+    ...     s.dimensions, s.mpp, s.mpp_source
+    ((16, 16), (0.499, 0.499), 'file')
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r} must be one of {BACKENDS}")
+    if backend == "auto":
+        backend = choose_backend(path)
+    if backend == "openslide":
+        return OpenSlideSlide(path, mpp_override=mpp_override)
+    return TiffSlide(path, mpp_override=mpp_override)

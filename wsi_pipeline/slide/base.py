@@ -3,12 +3,48 @@
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+
+
+# largest level area (pixels) thumbnail() reads in one call; bigger levels are read in strips of this size
+_THUMB_STRIP_PIXELS = 16 * 1024 * 1024
+
+
+def resolve_mpp(
+    file_mpp: tuple[float, float] | None, override: float | None
+) -> tuple[tuple[float, float] | None, str | None]:
+    """``(mpp, mpp_source)``: the override wins and is recorded; a missing or non-positive file value is ``None``.
+
+    >>> resolve_mpp((0.5, 0.5), 0.25)
+    ((0.25, 0.25), 'override')
+    """
+    if override is not None:
+        if not (isinstance(override, (int, float)) and math.isfinite(override) and override > 0):
+            raise ValueError(f"mpp_override={override!r} must be a positive number of microns per pixel")
+        return (float(override), float(override)), "override"
+    if file_mpp is None or not all(math.isfinite(v) and v > 0 for v in file_mpp):
+        return None, None
+    return (float(file_mpp[0]), float(file_mpp[1])), "file"
+
+
+def check_region_args(location: tuple[int, int], size: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Validated integer ``(location, size)`` for ``read_region``; ``ValueError`` names the bad argument."""
+    try:
+        x, y = (int(v) for v in location)
+        w, h = (int(v) for v in size)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"location={location!r}, size={size!r} must be pairs of integers") from exc
+    if (x, y) != tuple(location) or (w, h) != tuple(size):
+        raise ValueError(f"location={location!r}, size={size!r} must be integers")
+    if w < 0 or h < 0:
+        raise ValueError(f"size={size!r} must be non-negative")
+    return (x, y), (w, h)
 
 
 @dataclass(frozen=True)
@@ -52,6 +88,8 @@ class Slide(abc.ABC):
     """
 
     path: Path
+    #: where ``mpp`` came from: ``"file"``, ``"override"`` (``mpp_override`` given) or ``None`` (unknown)
+    mpp_source: str | None = None
 
     @property
     @abc.abstractmethod
@@ -112,18 +150,37 @@ class Slide(abc.ABC):
         return best
 
     def thumbnail(self, max_px: int = 1024) -> np.ndarray:
-        """Whole slide, longest side ``<= max_px``, as uint8 RGB (read from the best level, then resized)."""
+        """Whole slide, longest side ``<= max_px``, as uint8 RGB; memory stays bounded on gigapixel levels.
+
+        >>> open_slide("small.svs").thumbnail(8).shape  # doctest: +SKIP
+        (8, 8, 3)
+        """
         from PIL import Image
 
+        if max_px < 1:
+            raise ValueError(f"max_px={max_px} must be >= 1")
         w, h = self.dimensions
-        scale = max(w, h) / max_px
-        level = self.best_level_for_downsample(max(scale, 1.0))
+        scale = max(max(w, h) / max_px, 1.0)
+        level = self.best_level_for_downsample(scale)
         lw, lh = self.level_dimensions[level]
-        region = self.read_region((0, 0), level, (lw, lh))
-        tw, th = max(1, round(w / max(scale, 1.0))), max(1, round(h / max(scale, 1.0)))
-        if (tw, th) == (lw, lh):
-            return region
-        return np.asarray(Image.fromarray(region).resize((tw, th), Image.Resampling.BOX))
+        tw, th = max(1, round(w / scale)), max(1, round(h / scale))
+        level_ds = self.level_downsamples[level]
+        if lw * lh <= _THUMB_STRIP_PIXELS:
+            region = self.read_region((0, 0), level, (lw, lh))
+            if (tw, th) == (lw, lh):
+                return region
+            return np.asarray(Image.fromarray(region).resize((tw, th), Image.Resampling.BOX))
+        # Big level: read horizontal strips whose height maps to whole output rows, shrink each strip with a box
+        # filter, then stack. Peak memory is one strip plus the small output, never the whole level.
+        fy = lh / th  # level rows per output row
+        rows_per_strip = max(1, int(_THUMB_STRIP_PIXELS // max(1, lw) / max(fy, 1.0)))
+        parts = []
+        for oy0 in range(0, th, rows_per_strip):
+            oy1 = min(th, oy0 + rows_per_strip)
+            ly0, ly1 = round(oy0 * fy), max(round(oy1 * fy), round(oy0 * fy) + 1)
+            strip = self.read_region((0, math.ceil(ly0 * level_ds)), level, (lw, ly1 - ly0))
+            parts.append(np.asarray(Image.fromarray(strip).resize((tw, oy1 - oy0), Image.Resampling.BOX)))
+        return np.concatenate(parts, axis=0)
 
     def __enter__(self) -> Slide:
         return self
