@@ -1,0 +1,282 @@
+"""Tiling into zarr v3: exact pixels, resampling, tissue-only chunks, pyramid, settings digest, kill + resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from PIL import Image
+
+from wsi_pipeline.errors import NoTissueError, StoreError
+from wsi_pipeline.export.tiff import write_pyramidal_tiff
+from wsi_pipeline.slide import open_slide
+from wsi_pipeline.tiling import TileConfig, read_store_info, tile_slide
+from wsi_pipeline.tiling_core import area_resample, plan_tiling, reduce2
+from wsi_pipeline.tiling_store import written_chunks
+
+ROOT = Path(__file__).resolve().parents[1]
+PAS = ROOT.parent / "shared" / "data" / "kidney-stains" / "orig_patch_stain_02.png"
+W, H = 2345, 1777  # awkward: not a multiple of any tile size
+TISSUE_X, TISSUE_Y = 900, 600  # tissue fills [900, W) x [600, H): it touches the right and bottom edges
+
+
+def _patch_region(patch: np.ndarray):
+    def region(x: int, y: int, w: int, h: int) -> np.ndarray:
+        out = np.full((h, w, 3), 246, np.uint8)
+        yy, xx = np.mgrid[y:y + h, x:x + w]
+        m = (xx >= TISSUE_X) & (yy >= TISSUE_Y)
+        out[m] = patch[yy[m] % 1000, xx[m] % 1000]
+        return out
+    return region
+
+
+@pytest.fixture(scope="module")
+def slide_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real Aperio-style JPEG SVS (openslide vendor 'aperio'): real PAS tissue on glass, 256-px tiles."""
+    patch = np.asarray(Image.open(PAS).convert("RGB"))
+    return write_pyramidal_tiff(tmp_path_factory.mktemp("slides") / "pas.svs", _patch_region(patch), size=(W, H),
+                                mpp=0.25, tile=256, quality=90)
+
+
+def _files(store: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(store)): p.read_bytes() for p in sorted(store.rglob("*")) if p.is_file()}
+
+
+def _chunk_keys(store: Path, level: int = 0) -> set[tuple[int, int]]:
+    return written_chunks(store, level)
+
+
+def _rgb(arr: zarr.Array, y: int, x: int, h: int, w: int) -> np.ndarray:
+    return np.asarray(arr[:, y:y + h, x:x + w]).transpose(1, 2, 0)
+
+
+def test_plan_picks_level_and_resamples_only_when_needed() -> None:
+    dims, ds = [(4000, 3000), (2000, 1500), (1000, 750)], [1.0, 2.0, 4.0]
+    p = plan_tiling(dims, ds, 0.25, target_mpp=0.5, tile=256, task_px=2048)
+    assert (p.level, p.scale, p.width, p.height, p.block, p.resampled) == (1, 1.0, 2000, 1500, 8, False)
+    p = plan_tiling(dims, ds, 0.25, target_mpp=0.8, tile=256, task_px=2048)
+    assert p.level == 1 and p.resampled and abs(p.scale - 1.6) < 1e-9 and (p.width, p.height) == (1250, 938)
+    assert p.block == 4  # the block's source must stay within task_px
+    assert plan_tiling(dims, ds, None, target_mpp=None, tile=256, task_px=256).shapes[-1] == (188, 250)
+    with pytest.raises(ValueError, match="MPP"):
+        plan_tiling(dims, ds, None, target_mpp=1.0, tile=256, task_px=2048)
+
+
+def test_area_resample_chunks_agree_with_whole_image() -> None:
+    rng = np.random.default_rng(0)
+    src = rng.integers(0, 256, (97, 131, 3), dtype=np.uint8)
+    scale, out_shape = 1.7, (round(97 / 1.7), round(131 / 1.7))
+    whole = area_resample(src, src_origin=(0, 0), out_origin=(0, 0), out_shape=out_shape, scale=scale,
+                          src_limit=(97, 131))
+    assert whole.shape == (*out_shape, 3)
+    # an awkward window computed from just its source span
+    oy, ox, oh, ow = 13, 29, 21, 35
+    sy0, sx0 = int(oy * scale), int(ox * scale)
+    sy1, sx1 = min(97, int(np.ceil((oy + oh) * scale))), min(131, int(np.ceil((ox + ow) * scale)))
+    part = area_resample(src[sy0:sy1, sx0:sx1], src_origin=(sy0, sx0), out_origin=(oy, ox), out_shape=(oh, ow),
+                         scale=scale, src_limit=(97, 131))
+    assert np.abs(part.astype(int) - whole[oy:oy + oh, ox:ox + ow]).max() <= 1
+    # integer factor: plain block mean
+    blocks = area_resample(src[:96, :130], src_origin=(0, 0), out_origin=(0, 0), out_shape=(48, 65), scale=2.0,
+                           src_limit=(96, 130))
+    ref = src[:96, :130].reshape(48, 2, 65, 2, 3).mean(axis=(1, 3))
+    assert np.abs(blocks - ref).max() <= 0.5 + 1e-6
+
+
+@pytest.mark.parametrize("tile", [128, 200])  # aligned with the 256-px stored tiles, and not
+def test_exact_pixels_at_awkward_offsets_and_slide_edge(slide_path: Path, tmp_path: Path, tile: int) -> None:
+    res = tile_slide(slide_path, tmp_path / "s.zarr", config=TileConfig(tile=tile, task_px=4 * tile),
+                     workers=2, progress=False)
+    assert (res.level, res.scale, res.shape) == (0, 1.0, (H, W))
+    arr = zarr.open_group(tmp_path / "s.zarr", mode="r")["0"]
+    assert arr.shape == (3, H, W) and arr.chunks == (3, tile, tile)
+    with open_slide(slide_path) as slide:
+        # inside tissue chunks: odd offsets, a window crossing stored-tile and chunk seams, the bottom-right edge
+        for x, y, w, h in [(1101, 771, 333, 211), (1023, 767, 290, 290), (W - 317, H - 143, 317, 143),
+                           (TISSUE_X + 300, H - 1, W - TISSUE_X - 300, 1)]:
+            assert np.array_equal(_rgb(arr, y, x, h, w), slide.read_region((x, y), 0, (w, h))), (x, y, w, h)
+
+
+def test_level_pick_exact_copy_of_level1(slide_path: Path, tmp_path: Path) -> None:
+    res = tile_slide(slide_path, tmp_path / "l1.zarr", config=TileConfig(mpp=0.5, tile=128), progress=False)
+    with open_slide(slide_path) as slide:
+        lw, lh = slide.level_dimensions[1]
+        assert (res.level, res.scale, res.shape) == (1, 1.0, (lh, lw))
+        arr = zarr.open_group(tmp_path / "l1.zarr", mode="r")["0"]
+        x, y, w, h = 600, 400, lw - 600, lh - 400  # tissue to the level's edge
+        # whole level from the origin: level-0 -> level-1 coordinate rounding cannot shift the reference
+        ref = slide.read_region((0, 0), 1, (lw, lh))[y:, x:]
+    assert np.array_equal(_rgb(arr, y, x, h, w), ref)
+
+
+def test_resampled_close_to_reference_resize(slide_path: Path, tmp_path: Path) -> None:
+    res = tile_slide(slide_path, tmp_path / "r.zarr", config=TileConfig(mpp=0.37, tile=128, task_px=512),
+                     progress=False)
+    scale = 0.37 / 0.25
+    assert res.level == 0 and abs(res.scale - scale) < 1e-9
+    assert res.shape == (round(H / scale), round(W / scale))
+    arr = zarr.open_group(tmp_path / "r.zarr", mode="r")["0"]
+    with open_slide(slide_path) as slide:
+        full = slide.read_region((0, 0), 0, (W, H))
+    oy, ox = round(TISSUE_Y / scale) + 8, round(TISSUE_X / scale) + 8  # tissue chunks only
+    got = _rgb(arr, oy, ox, res.shape[0] - oy, res.shape[1] - ox).astype(int)
+    ours = area_resample(full, src_origin=(0, 0), out_origin=(0, 0), out_shape=res.shape, scale=scale,
+                         src_limit=(H, W))[oy:, ox:].astype(int)
+    # an independent reference: Pillow's antialiased (triangle) resize over the same source window; its BOX
+    # filter weights whole pixels, not exact areas, so it only agrees with ours at integer factors
+    ny, nx = int(H / scale) - oy, int(W / scale) - ox
+    src_box = (ox * scale, oy * scale, (ox + nx) * scale, (oy + ny) * scale)
+    pil = np.asarray(Image.fromarray(full).resize((nx, ny), Image.Resampling.BILINEAR, box=src_box)).astype(int)
+    pil = np.pad(pil, ((0, got.shape[0] - ny), (0, got.shape[1] - nx), (0, 0)), mode="edge")
+    err_ours, err_pil = np.abs(got - ours), np.abs(got - pil)
+    print(f"resampled x{scale:.3f}: vs whole-image area resize max {err_ours.max()} mean {err_ours.mean():.4f}; "
+          f"vs Pillow antialiased bilinear max {err_pil.max()} mean {err_pil.mean():.3f}")
+    assert err_ours.max() <= 1 and err_pil.mean() < 2.5
+
+
+def test_only_tissue_chunks_written_and_pyramid(slide_path: Path, tmp_path: Path) -> None:
+    store = tmp_path / "t.zarr"
+    res = tile_slide(slide_path, store, config=TileConfig(tile=128, task_px=512), progress=False)
+    keys = _chunk_keys(store)
+    assert len(keys) == res.chunks_written == res.chunks_tissue < res.chunks_total
+    for r, c in keys:  # every written chunk touches tissue (with the mask's 1-thumbnail-pixel margin)
+        assert (r + 1) * 128 > TISSUE_Y - 64 and (c + 1) * 128 > TISSUE_X - 64
+    # chunks well inside the glass are absent and read as white
+    assert (0, 0) not in keys and (2, 3) not in keys
+    group = zarr.open_group(store, mode="r")
+    assert np.all(_rgb(group["0"], 0, 0, 256, 512) == 255)
+    # pyramid: level 1 is the 2x2 mean of level 0 (white where nothing was written); NGFF metadata for viewers
+    lvl0 = _rgb(group["0"], 0, 0, H, W)
+    assert np.array_equal(_rgb(group["1"], 0, 0, *group["1"].shape[1:]), reduce2(lvl0))
+    ms = group.attrs["ome"]["multiscales"][0]
+    assert [a["name"] for a in ms["axes"]] == ["c", "y", "x"]
+    assert [d["path"] for d in ms["datasets"]] == [str(i) for i in range(len(ms["datasets"]))]
+    assert ms["datasets"][1]["coordinateTransformations"][0]["scale"] == [1.0, 0.5, 0.5]
+    assert max(group[ms["datasets"][-1]["path"]].shape[1:]) <= 128
+    info = read_store_info(store)
+    assert info["complete"] and info["geometry"]["scale_level0"] == [1.0, 1.0]
+    assert info["source"]["mpp"] == [0.25, 0.25] and info["source"]["mpp_source"] == "file"
+    assert info["tissue"]["polygons_level0"]["type"] == "MultiPolygon"
+    assert group["tissue_mask"][:].any()
+
+
+def test_settings_digest_guards_the_store(slide_path: Path, tmp_path: Path) -> None:
+    store = tmp_path / "d.zarr"
+    cfg = TileConfig(tile=256)
+    tile_slide(slide_path, store, config=cfg, progress=False)
+    again = tile_slide(slide_path, store, config=cfg, progress=False)
+    assert again.already_complete and again.blocks_run == 0
+    with pytest.raises(StoreError, match="settings digest"):
+        tile_slide(slide_path, store, config=TileConfig(tile=128), progress=False)
+    with pytest.raises(StoreError):
+        tile_slide(slide_path, store, config=cfg, mpp_override=0.3, progress=False)
+    redone = tile_slide(slide_path, store, config=TileConfig(tile=128), overwrite=True, progress=False)
+    assert redone.blocks_run > 0 and zarr.open_group(store, mode="r")["0"].chunks == (3, 128, 128)
+    (tmp_path / "other.zarr").mkdir()
+    (tmp_path / "other.zarr" / "precious.txt").write_text("not ours")
+    with pytest.raises(StoreError, match="not a wsi-pipeline store"):
+        tile_slide(slide_path, tmp_path / "other.zarr", config=cfg, progress=False)
+
+
+def test_blank_slide_raises_no_tissue(tmp_path: Path) -> None:
+    blank = write_pyramidal_tiff(tmp_path / "blank.svs", lambda x, y, w, h: np.full((h, w, 3), 243, np.uint8),
+                                 size=(900, 700), mpp=0.5, tile=256)
+    with pytest.raises(NoTissueError, match="no tissue"):
+        tile_slide(blank, tmp_path / "blank.zarr", config=TileConfig(tile=128), progress=False)
+    assert not (tmp_path / "blank.zarr").exists()
+
+
+_KILLABLE = """
+import sys
+from wsi_pipeline.tiling import TileConfig, tile_slide
+tile_slide(sys.argv[1], sys.argv[2], config=TileConfig(tile=32, task_px=32), workers=1, progress=False)
+"""
+
+
+def test_kill_mid_run_then_resume_is_byte_identical(slide_path: Path, tmp_path: Path) -> None:
+    cfg = TileConfig(tile=32, task_px=32)  # one chunk per task: many small tasks to interrupt
+    reference = tmp_path / "ref.zarr"
+    ref_res = tile_slide(slide_path, reference, config=cfg, workers=1, progress=False)
+
+    store = tmp_path / "killed.zarr"
+    proc = subprocess.Popen([sys.executable, "-c", _KILLABLE, str(slide_path), str(store)], cwd=ROOT)
+    done_dir = store / "tiling_done" / "c"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if done_dir.is_dir() and sum(1 for _ in done_dir.glob("*/*")) >= 50:
+            break
+        time.sleep(0.002)
+    assert proc.poll() is None, "tiling finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not zarr.open_group(store, mode="r").attrs["wsi_pipeline"]["complete"]
+    with pytest.raises(StoreError, match="did not finish"):
+        read_store_info(store)
+
+    finished = {p: p.stat().st_mtime_ns for p in done_dir.glob("*/*")}
+    done_blocks = {(int(p.parent.name), int(p.name)) for p in finished}
+    # shard files of finished blocks (one per block and level) must not be rewritten
+    kept = {p: p.stat().st_mtime_ns for r, c in done_blocks if (p := store / "0" / "c" / "0" / str(r) / str(c)).exists()}
+    assert len(kept) == len(done_blocks)
+    resumed = tile_slide(slide_path, store, config=cfg, workers=2, progress=False)
+    assert resumed.blocks_skipped == len(done_blocks) >= 50
+    assert resumed.blocks_run == ref_res.blocks_total - len(done_blocks)
+    assert resumed.chunks_written == ref_res.chunks_written - len(done_blocks)
+    assert all(p.stat().st_mtime_ns == t for p, t in {**finished, **kept}.items())
+    assert _files(store) == _files(reference)
+
+
+def test_distributed_processes_give_identical_store(slide_path: Path, tmp_path: Path) -> None:
+    from distributed import Client, LocalCluster
+
+    cfg = TileConfig(tile=128, task_px=256)
+    tile_slide(slide_path, tmp_path / "threads.zarr", config=cfg, workers=2, progress=False)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        tile_slide(slide_path, tmp_path / "procs.zarr", config=cfg, client=client, progress=False)
+    assert _files(tmp_path / "threads.zarr") == _files(tmp_path / "procs.zarr")
+
+
+def test_cli_tile(slide_path: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from workflows.cli import cli
+
+    out = tmp_path / "cli.zarr"
+    result = CliRunner().invoke(cli, ["tile", str(slide_path), "--out", str(out), "--mpp", "0.5", "--tile", "128",
+                                      "--workers", "2", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "chunks" in result.output and read_store_info(out)["geometry"]["mpp"] == pytest.approx(0.5, rel=1e-3)
+    again = CliRunner().invoke(cli, ["tile", str(slide_path), "--out", str(out), "--tile", "256", "--no-progress"])
+    assert again.exit_code != 0 and "settings digest" in str(again.exception or again.output)
+
+
+@pytest.mark.parametrize("compressor", ["lz4", "zstd"])
+def test_compressed_chunks_read_back_through_zarr(slide_path: Path, tmp_path: Path, compressor: str) -> None:
+    plain = tile_slide(slide_path, tmp_path / "n.zarr", config=TileConfig(tile=256, mpp=1.0), progress=False)
+    packed = tile_slide(slide_path, tmp_path / "c.zarr", config=TileConfig(tile=256, mpp=1.0, compressor=compressor),
+                        progress=False)
+    assert packed.chunks_written == plain.chunks_written > 0
+    a, b = (zarr.open_group(tmp_path / n, mode="r") for n in ("n.zarr", "c.zarr"))
+    for level in ("0", "1"):
+        assert np.array_equal(a[level][:], b[level][:])
+
+
+@pytest.mark.parametrize("mpp", [None, 0.37])
+def test_read_region_path_matches_direct_decode(slide_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                mpp: float | None) -> None:
+    """Slides without a direct tile decoder (non-TIFF vendors) go through read_region: same pixels."""
+    import wsi_pipeline.tiling as tiling
+
+    cfg = TileConfig(tile=256, mpp=mpp)
+    tile_slide(slide_path, tmp_path / "fast.zarr", config=cfg, progress=False)
+    monkeypatch.setattr(tiling, "_worker_decoder", lambda slide, level: None)
+    tile_slide(slide_path, tmp_path / "slow.zarr", config=cfg, progress=False)
+    assert _files(tmp_path / "fast.zarr") == _files(tmp_path / "slow.zarr")

@@ -1,0 +1,56 @@
+"""``wsi-pipeline tile``: tile one slide's tissue into a zarr v3 store (resumable: re-run the same command)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command(name="tile")
+@click.argument("slide", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="Output store (STORE.zarr).")
+@click.option("--mpp", type=float, default=None, help="Target microns per pixel [default: the slide's level 0].")
+@click.option("--tile", "tile", type=int, default=None, help="Chunk edge in pixels [default: from the config].")
+@click.option("--workers", type=int, default=None, help="Dask worker threads [default: all cores].")
+@click.option("--scheduler", default=None, help="Address of a running dask.distributed scheduler instead.")
+@click.option("--mpp-override", type=float, default=None, help="Use this MPP instead of the slide's (recorded).")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="YAML with a `tile:` section [default: configs/tile.yaml values].")
+@click.option("--overwrite", is_flag=True, help="Replace a store written with other settings.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def command(slide: Path, out: Path, mpp: float | None, tile: int | None, workers: int | None,
+            scheduler: str | None, mpp_override: float | None, config_path: Path | None, overwrite: bool,
+            progress: bool) -> None:
+    """Tile SLIDE's tissue into the zarr v3 group --out (OME-NGFF pyramid, tissue chunks only)."""
+    from wsi_pipeline.config import load_config
+    from wsi_pipeline.errors import NoTissueError
+    from wsi_pipeline.tiling import TileConfig, tile_slide
+
+    cfg = load_config(config_path, TileConfig, section="tile") if config_path else TileConfig()
+    updates = {k: v for k, v in (("mpp", mpp), ("tile", tile)) if v is not None}
+    if updates:
+        cfg = TileConfig.from_dict({**cfg.to_dict(), **updates}, source="command line")
+    client = None
+    if scheduler:
+        from distributed import Client
+
+        client = Client(scheduler)
+    try:
+        res = tile_slide(slide, out, config=cfg, client=client, workers=workers, mpp_override=mpp_override,
+                         overwrite=overwrite, progress=progress)
+    except NoTissueError as exc:
+        click.echo(f"no-tissue: {exc}")
+        return
+    finally:
+        if client is not None:
+            client.close()
+    h, w = res.shape
+    mpp_txt = f"{res.mpp:.4g} um/px" if res.mpp else "unknown um/px"
+    state = "already complete" if res.already_complete else (
+        f"{res.chunks_written} chunks written, {res.blocks_skipped} blocks resumed from an earlier run")
+    click.echo(f"{res.store_path}: {w} x {h} px at {mpp_txt} (level {res.level}, scale {res.scale:.4g}); "
+               f"{res.chunks_tissue} of {res.chunks_total} chunks hold tissue; {state}; {res.seconds:.1f} s")
+
+
+__all__ = ["command"]

@@ -1,0 +1,198 @@
+"""Pure geometry and pixel kernels of the tiling stage: plan, tissue chunk map, area resampling, 2x reduction.
+
+No I/O here: :mod:`wsi_pipeline.tiling` wires these to slides, zarr and Dask.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+__all__ = ["TilePlan", "plan_tiling", "chunk_tissue_map", "area_resample", "reduce2", "pool_any2",
+           "level_shapes"]
+
+# mpp ratios closer than this to a stored level are read without resampling (exact pixels)
+_SAME_SCALE_RTOL = 1e-3
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """Where the output comes from and how it is cut into chunks and tasks."""
+
+    level: int  # source pyramid level
+    level_downsample: float  # its downsample relative to level 0
+    level_size: tuple[int, int]  # (width, height) of the source level
+    scale: float  # source-level pixels per output pixel (1.0 = exact copy, no resampling)
+    width: int  # output image size
+    height: int
+    tile: int  # output chunk edge
+    block: int  # chunks per task side (power of two; the task also writes its own pyramid levels)
+    shapes: tuple[tuple[int, int], ...]  # (height, width) of pyramid levels "0", "1", ...
+
+    @property
+    def resampled(self) -> bool:
+        return self.scale != 1.0
+
+    @property
+    def downsample0(self) -> float:
+        """Level-0 pixels per output pixel."""
+        return self.level_downsample * self.scale
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(rows, cols) of output chunks at level "0"."""
+        return -(-self.height // self.tile), -(-self.width // self.tile)
+
+    @property
+    def block_grid(self) -> tuple[int, int]:
+        r, c = self.grid
+        return -(-r // self.block), -(-c // self.block)
+
+    @property
+    def block_levels(self) -> int:
+        """Pyramid levels each block task writes itself (beyond "0"): log2(block), capped by the pyramid."""
+        return min(int(math.log2(self.block)), len(self.shapes) - 1)
+
+
+def level_shapes(height: int, width: int, *, tile: int) -> tuple[tuple[int, int], ...]:
+    """2x pyramid shapes from ``(height, width)`` down to the first level that fits in one chunk."""
+    shapes = [(height, width)]
+    while max(shapes[-1]) > tile:
+        h, w = shapes[-1]
+        shapes.append((-(-h // 2), -(-w // 2)))
+    return tuple(shapes)
+
+
+def plan_tiling(
+    level_dimensions: Sequence[tuple[int, int]],
+    level_downsamples: Sequence[float],
+    mpp0: float | None,
+    *,
+    target_mpp: float | None,
+    tile: int,
+    task_px: int,
+) -> TilePlan:
+    """Pick the pyramid level for ``target_mpp`` (the coarsest not coarser than the target) and the chunking.
+
+    >>> p = plan_tiling([(1000, 800), (250, 200)], [1.0, 4.0], 0.25, target_mpp=1.0, tile=128, task_px=256)
+    >>> (p.level, p.scale, p.width, p.height, p.block)
+    (1, 1.0, 250, 200, 2)
+    """
+    if tile < 16:
+        raise ValueError(f"tile must be >= 16, got {tile!r}")
+    if task_px < tile:
+        raise ValueError(f"task_px must be >= tile ({tile}), got {task_px!r}")
+    w0, h0 = level_dimensions[0]
+    if target_mpp is None:
+        factor = 1.0
+    else:
+        if mpp0 is None:
+            raise ValueError("target_mpp needs the slide's MPP; the slide has none (use an MPP override)")
+        if not target_mpp > 0:
+            raise ValueError(f"target_mpp must be > 0, got {target_mpp!r}")
+        factor = target_mpp / mpp0
+    level = 0
+    for i, d in enumerate(level_downsamples):
+        if d <= factor * (1 + _SAME_SCALE_RTOL):
+            level = i
+    d = float(level_downsamples[level])
+    lw, lh = level_dimensions[level]
+    scale = factor / d
+    if abs(scale - 1.0) <= _SAME_SCALE_RTOL:
+        scale, width, height = 1.0, lw, lh
+    else:
+        width, height = max(1, round(w0 / factor)), max(1, round(h0 / factor))
+    block = 1
+    while block * 2 * tile * max(scale, 1.0) <= task_px:
+        block *= 2
+    shapes = level_shapes(height, width, tile=tile)
+    return TilePlan(level=level, level_downsample=d, level_size=(lw, lh), scale=scale, width=width,
+                    height=height, tile=tile, block=block, shapes=shapes)
+
+
+def chunk_tissue_map(mask: np.ndarray, *, mask_downsample: tuple[float, float], plan: TilePlan,
+                     margin_px: int = 1) -> np.ndarray:
+    """Bool ``plan.grid`` map: True where a level-"0" chunk touches the tissue mask (dilated by ``margin_px``).
+
+    ``mask_downsample`` is (x, y) level-0 pixels per mask pixel.
+    """
+    rows, cols = plan.grid
+    out = np.zeros((rows, cols), bool)
+    if not mask.any():
+        return out
+    mh, mw = mask.shape
+    # integral image: any() over a rectangle in O(1)
+    ii = np.zeros((mh + 1, mw + 1), np.int64)
+    ii[1:, 1:] = mask.astype(np.int64).cumsum(0).cumsum(1)
+    f = plan.downsample0
+    t = plan.tile
+    for r in range(rows):
+        y0 = math.floor(r * t * f / mask_downsample[1]) - margin_px
+        y1 = math.ceil(min((r + 1) * t, plan.height) * f / mask_downsample[1]) + margin_px
+        y0, y1 = max(0, y0), min(mh, max(y1, y0 + 1))
+        for c in range(cols):
+            x0 = math.floor(c * t * f / mask_downsample[0]) - margin_px
+            x1 = math.ceil(min((c + 1) * t, plan.width) * f / mask_downsample[0]) + margin_px
+            x0, x1 = max(0, x0), min(mw, max(x1, x0 + 1))
+            if y1 > y0 and x1 > x0:
+                out[r, c] = (ii[y1, x1] - ii[y0, x1] - ii[y1, x0] + ii[y0, x0]) > 0
+    return out
+
+
+def pool_any2(grid: np.ndarray) -> np.ndarray:
+    """OR-pool a bool chunk map 2x2 (the chunk map of the next pyramid level)."""
+    r, c = grid.shape
+    padded = np.zeros((r + r % 2, c + c % 2), bool)
+    padded[:r, :c] = grid
+    return padded.reshape(padded.shape[0] // 2, 2, padded.shape[1] // 2, 2).any(axis=(1, 3))
+
+
+def reduce2(img: np.ndarray) -> np.ndarray:
+    """2x2 mean (rounded) of uint8 HxWx3; odd edges average the pixels that exist (Pillow's ``reduce``)."""
+    return np.asarray(Image.fromarray(img).reduce(2))
+
+
+def source_span(o0: int, o1: int, *, scale: float, limit: int) -> tuple[int, int]:
+    """Source-level pixel range ``[s0, s1)`` that output pixels ``[o0, o1)`` cover (area resampling)."""
+    s0 = max(0, math.floor(o0 * scale + 1e-9))
+    s1 = min(limit, math.ceil(o1 * scale - 1e-9))
+    return s0, max(s1, s0 + 1) if s0 < limit else s0
+
+
+def area_resample(src: np.ndarray, *, src_origin: tuple[int, int], out_origin: tuple[int, int],
+                  out_shape: tuple[int, int], scale: float, src_limit: tuple[int, int]) -> np.ndarray:
+    """Exact area-weighted resampling of a window: output pixel ``i`` averages source ``[i*scale, (i+1)*scale)``.
+
+    ``src`` is the source window starting at ``src_origin`` (row, col) in source-level pixels; ``src_limit``
+    (height, width) clips the last output pixels at the level edge. Windows computed chunk by chunk agree
+    with one computed over the whole image (global coordinates throughout).
+    """
+    out = _area_axis(src.astype(np.float32), axis=0, s0=src_origin[0], o0=out_origin[0], n=out_shape[0],
+                     scale=scale, limit=src_limit[0])
+    out = _area_axis(out, axis=1, s0=src_origin[1], o0=out_origin[1], n=out_shape[1], scale=scale,
+                     limit=src_limit[1])
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def _area_axis(a: np.ndarray, *, axis: int, s0: int, o0: int, n: int, scale: float, limit: int) -> np.ndarray:
+    a = np.moveaxis(a, axis, 0)
+    m = a.shape[0]
+    csum = np.zeros((m + 1,) + a.shape[1:], np.float64)
+    np.cumsum(a, axis=0, dtype=np.float64, out=csum[1:])
+    i = np.arange(o0, o0 + n, dtype=np.float64)
+    lo = np.clip(i * scale, 0, limit) - s0
+    hi = np.clip((i + 1) * scale, 0, limit) - s0
+    lo, hi = np.clip(lo, 0, m), np.clip(hi, 0, m)
+
+    def integral(x: np.ndarray) -> np.ndarray:
+        k = np.minimum(np.floor(x).astype(np.int64), m - 1)
+        frac = (x - k).reshape((-1,) + (1,) * (a.ndim - 1))
+        return csum[k] + frac * a[k]
+
+    width = np.maximum(hi - lo, 1e-12).reshape((-1,) + (1,) * (a.ndim - 1))
+    res = ((integral(hi) - integral(lo)) / width).astype(np.float32)
+    return np.moveaxis(res, 0, axis)
