@@ -21,15 +21,15 @@ from typing import Any
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike[str], *, suffix: str | None = None) -> Iterator[Path]:
-    """Yield a temp path next to ``path``; on success it replaces ``path``, on error it is removed.
+def atomic_output(path: str | os.PathLike[str], *, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a hidden temp path next to ``path``; on success it replaces ``path``, on error it is removed.
 
-    ``suffix`` defaults to the destination's suffix, so writers that dispatch on the extension still work.
+    The temp name ends in ``suffix`` (``.tmp``), so folder scans by slide extension never pick it up; pass the
+    real suffix only for writers that dispatch on it (e.g. ``".ome.tif"``).
     """
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.tmp-", suffix=dest.suffix if suffix is None else suffix,
-                                    dir=dest.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix, dir=dest.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:

@@ -8,8 +8,6 @@ Example::
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -22,6 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 from shapely.geometry.base import BaseGeometry
 
 from .annotations.geojson import RGB, Annotation, class_color
+from .atomic import atomic_output
 
 UNCLASSIFIED = "Unclassified"
 UNCLASSIFIED_COLOR: RGB = (0, 190, 255)
@@ -128,15 +127,6 @@ def _draw_legend(img: Image.Image, used: Mapping[str, RGB], counts: Counter[str]
 def save_png(path: str | Path, image: np.ndarray) -> Path:
     """Write ``image`` (uint8 HxWx3 or HxW) as PNG atomically (temp file in the same folder + ``os.replace``)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            Image.fromarray(np.asarray(image)).save(fh, format="PNG")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp:
+        Image.fromarray(np.asarray(image)).save(tmp, format="PNG")
     return path

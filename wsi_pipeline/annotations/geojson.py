@@ -21,8 +21,6 @@ from __future__ import annotations
 import colorsys
 import json
 import math
-import os
-import tempfile
 import uuid
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
@@ -35,6 +33,7 @@ import shapely.affinity
 from shapely.geometry import MultiPolygon, Polygon, mapping, shape
 from shapely.geometry.base import BaseGeometry
 
+from ..atomic import atomic_write_text
 from ..errors import AnnotationError
 from .polygons import GRID, snap_valid
 
@@ -205,21 +204,6 @@ def write_geojson(
     text = json.dumps({"type": "FeatureCollection", "features": features}, allow_nan=False, separators=(",", ":"))
     atomic_write_text(path, text)
     return path
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file in the same folder and ``os.replace`` (never a half file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # -- reading -----------------------------------------------------------------------------------------------------

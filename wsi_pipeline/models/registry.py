@@ -20,10 +20,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import pickle
 import struct
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +32,7 @@ import torch
 from torch import nn
 
 from .. import __version__
+from ..atomic import atomic_write_bytes
 from ..config import FrozenConfig
 from ..errors import ConfigError, WeightsError
 from .cyclegan import GeneratorConfig, PatchGANConfig
@@ -128,8 +127,8 @@ def save_model(model: nn.Module, path: str | Path, *, arch: str, config: Mapping
         raise ValueError(f"metadata/training_config must be JSON-serialisable: {exc}") from None
     data = safetensors.torch.save(state, metadata={RECORD_KEY: text})
     digest = hashlib.sha256(data).hexdigest()
-    _atomic_write(path, data)
-    _atomic_write(_sidecar(path), f"{digest}  {path.name}\n".encode())
+    atomic_write_bytes(path, data)
+    atomic_write_bytes(_sidecar(path), f"{digest}  {path.name}\n".encode())
     return digest
 
 
@@ -223,15 +222,3 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import tifffile
 
 from wsi_pipeline import __version__
 
+from ..atomic import atomic_output, atomic_write_text
 from .layout import CLASS_COLORS, CLASS_NAMES, Glomerulus, Layout
 
 
@@ -49,15 +49,7 @@ def truth_features(layout: Layout, *, stains: tuple[str, ...] = ()) -> dict[str,
 
 def write_truth_geojson(layout: Layout, path: str | os.PathLike[str], *, stains: tuple[str, ...] = ()) -> Path:
     """Write :func:`truth_features` atomically to ``path``."""
-    out = Path(path)
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        tmp.write_text(json.dumps(truth_features(layout, stains=stains), indent=1), encoding="utf-8")
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return out
+    return atomic_write_text(path, json.dumps(truth_features(layout, stains=stains), indent=1))
 
 
 def label_region(layout: Layout, x: int, y: int, w: int, h: int, *, downsample: int = 1) -> np.ndarray:
@@ -92,16 +84,10 @@ def write_label_mask(layout: Layout, path: str | os.PathLike[str], *, downsample
 
     meta = {"downsample": downsample, "mpp": layout.mpp * downsample, "level0_size": [layout.width, layout.height],
             "labels": {str(g.label): g.cls for g in layout.glomeruli}}
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with tifffile.TiffWriter(tmp) as tif:
-            tif.write(tiles(), shape=(h, w), dtype=np.uint16, tile=(tile, tile), compression="zlib",
-                      description=json.dumps(meta), metadata=None,
-                      resolution=(1e4 / (layout.mpp * downsample),) * 2, resolutionunit="CENTIMETER")
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_output(out) as tmp, tifffile.TiffWriter(tmp) as tif:
+        tif.write(tiles(), shape=(h, w), dtype=np.uint16, tile=(tile, tile), compression="zlib",
+                  description=json.dumps(meta), metadata=None,
+                  resolution=(1e4 / (layout.mpp * downsample),) * 2, resolutionunit="CENTIMETER")
     return out
 
 
