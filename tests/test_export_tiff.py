@@ -80,6 +80,22 @@ def test_svs_readable_by_tifffile(svs: tuple[Path, Recorder]) -> None:
     assert np.abs(data.astype(np.int16) - pattern(0, 0, 1000, 777)).mean() < 3.0
 
 
+def test_svs_pyramid_levels_are_levels_not_label(svs: tuple[Path, Recorder]) -> None:
+    """Reduced levels carry NewSubfileType 0 like Aperio's: tifffile lists them, the direct decoder finds them."""
+    from wsi_pipeline.slide import open_slide
+
+    path, _ = svs
+    with tifffile.TiffFile(path) as tif:
+        levels = tif.series[0].levels
+        assert len(levels) > 1
+        assert all(lv.keyframe.subfiletype == 0 for lv in levels)
+        assert not any(s.name == "Label" for s in tif.series)
+    with open_slide(path) as s:
+        assert s.level_count == len(levels)
+        for level in range(s.level_count):
+            assert s.tile_decoder(level) is not None, level
+
+
 def test_level0_is_streamed_in_small_blocks(svs: tuple[Path, Recorder]) -> None:
     _, rec = svs
     assert max(h for *_, h in rec.calls) <= 128

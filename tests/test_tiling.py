@@ -141,6 +141,17 @@ def test_resampled_close_to_reference_resize(slide_path: Path, tmp_path: Path) -
     assert err_ours.max() <= 1 and err_pil.mean() < 2.5
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (1, 2), (2, 1), (3, 3), (7, 9), (8, 5), (256, 256), (513, 257)])
+def test_reduce2_is_pillow_reduce_bit_for_bit(shape: tuple[int, int]) -> None:
+    img = np.random.default_rng(sum(shape)).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    ref = np.asarray(Image.fromarray(img).reduce(2))
+    assert np.array_equal(reduce2(img), ref)
+    canvas = np.zeros((ref.shape[0] + 3, ref.shape[1] + 4, 3), np.uint8)  # out= a strided view
+    reduce2(img[:, :], out=canvas[1:1 + ref.shape[0], 2:2 + ref.shape[1]])
+    assert np.array_equal(canvas[1:1 + ref.shape[0], 2:2 + ref.shape[1]], ref)
+    assert np.all(reduce2(np.full_like(img, 255)) == 255)
+
+
 def test_only_tissue_chunks_written_and_pyramid(slide_path: Path, tmp_path: Path) -> None:
     store = tmp_path / "t.zarr"
     res = tile_slide(slide_path, store, config=TileConfig(tile=128, task_px=512), progress=False)
@@ -154,7 +165,9 @@ def test_only_tissue_chunks_written_and_pyramid(slide_path: Path, tmp_path: Path
     assert np.all(_rgb(group["0"], 0, 0, 256, 512) == 255)
     # pyramid: level 1 is the 2x2 mean of level 0 (white where nothing was written); NGFF metadata for viewers
     lvl0 = _rgb(group["0"], 0, 0, H, W)
-    assert np.array_equal(_rgb(group["1"], 0, 0, *group["1"].shape[1:]), reduce2(lvl0))
+    assert np.array_equal(_rgb(group["1"], 0, 0, *group["1"].shape[1:]), np.asarray(Image.fromarray(lvl0).reduce(2)))
+    lvl1 = _rgb(group["1"], 0, 0, *group["1"].shape[1:])  # level 2 is reduced chunk-wise inside the block tasks
+    assert np.array_equal(_rgb(group["2"], 0, 0, *group["2"].shape[1:]), np.asarray(Image.fromarray(lvl1).reduce(2)))
     ms = group.attrs["ome"]["multiscales"][0]
     assert [a["name"] for a in ms["axes"]] == ["c", "y", "x"]
     assert [d["path"] for d in ms["datasets"]] == [str(i) for i in range(len(ms["datasets"]))]

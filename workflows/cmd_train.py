@@ -41,4 +41,4 @@ def command(kind: str, config_path: Path, run_dir: Path | None, no_progress: boo
     click.echo(json.dumps(result, indent=2, default=str))
 
 
-__all__ = ["command", "KINDS"]
+__all__ = ["KINDS", "command"]

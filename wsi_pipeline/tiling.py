@@ -34,11 +34,32 @@ from . import __version__
 from .config import FrozenConfig
 from .errors import NoTissueError, SlideError, StoreError
 from .slide import Slide, TileDecoder, open_slide
-from .tiling_core import (TilePlan, area_resample, chunk_tissue_map, plan_tiling, pool_any2, reduce2,
-                          source_span)
-from .tiling_store import (DONE_ARRAY, MASK_ARRAY, Compressor, create_done_array, create_image_array, done_path,
-                           encode_chunk, encode_shard, ngff_multiscales, read_shard, remove_partials, shard_path,
-                           write_atomic)
+from .slide.tiles import TiffTileDecoder
+from .tiling_core import (
+    TilePlan,
+    area_resample,
+    chunk_tissue_map,
+    plan_tiling,
+    pool_any2,
+    reduce2,
+    source_span,
+)
+from .tiling_store import (
+    DONE_ARRAY,
+    FILL,
+    MASK_ARRAY,
+    Compressor,
+    create_done_array,
+    create_image_array,
+    done_path,
+    encode_chunk,
+    encode_shard,
+    ngff_multiscales,
+    read_shard,
+    remove_partials,
+    shard_path,
+    write_atomic,
+)
 from .tissue import TissueResult, detect_tissue
 
 __all__ = ["TileConfig", "TileResult", "tile_slide", "read_store_info", "STORE_FORMAT"]
@@ -420,8 +441,10 @@ def _worker_slide(path: str, mpp_override: float | None) -> Slide:
 def _worker_decoder(slide: Slide, level: int) -> TileDecoder | None:
     """``slide.tile_decoder(level)``, else a decoder for the tiled TIFF page with exactly that level's size.
 
-    The fallback covers TIFF-based slides (Aperio, generic TIFF) whose reduced levels the tifffile backend does
-    not list as levels (e.g. pages flagged as reduced images); openslide remains the reference for the geometry.
+    The fallback is for SVS files whose reduced levels carry NewSubfileType 1 (wsi-pipeline's own exports and
+    phantoms written before that was fixed, and any other writer doing the same): tifffile's SVS parser files
+    such a page as the label, so the tifffile backend sees only level 0, while openslide still lists the level
+    and remains the reference for the geometry. Aperio's own files (type 0) never need it.
     """
     cache: dict[tuple[str, int], TileDecoder | None] = _local.__dict__.setdefault("decoders", {})
     key = (str(slide.path), level)
@@ -450,43 +473,182 @@ def _page_decoder(path: Path, level: int, size: tuple[int, int]) -> TileDecoder 
 
 
 def _run_block(job: _BlockJob) -> int:
-    """Decode, (resample,) write a block's tissue chunks and its pyramid share, then its done marker."""
+    """Decode, (resample,) write a block's tissue chunks and its pyramid share, then its done marker.
+
+    The block lives as a dict of its *tissue* chunks, each a contiguous ``(tile, tile, 3)`` slot of a per-thread
+    arena laid out like the stored chunks: decoded tiles are copied once into their slots, the shard is written
+    straight from the slots, and each pyramid level reduces only tissue chunks (the rest is known to be white).
+    """
     plan, t, b = job.plan, job.plan.tile, job.plan.block
     store = Path(job.store)
     oy0, ox0 = job.brow * b * t, job.bcol * b * t
     oh, ow = min(b * t, plan.height - oy0), min(b * t, plan.width - ox0)
+    tissue = job.tissue
+    slide = _worker_slide(job.slide_path, job.mpp_override)
+    dec = None if plan.resampled else _worker_decoder(slide, plan.level)
+    arena = _arena(0, b, t)
+    if dec is not None:
+        chunks = _decode_chunks(dec, arena, tissue, origin=(oy0, ox0), size=(oh, ow), tile=t)
+    else:
+        chunks = _split_chunks(_block_image(job, slide, oy0, ox0, oh, ow), tissue, arena, tile=t)
+    n_written = _write_chunks(store, 0, chunks, srow=job.brow, scol=job.bcol, per_side=b, compressor=job.compressor,
+                              clevel=job.clevel)
+    size = (oh, ow)
+    for level in range(1, job.levels + 1):
+        tissue = pool_any2(tissue)
+        chunks, size = _reduce_chunks(chunks, size, tissue, _arena(level, b >> level, t), tile=t)
+        _write_chunks(store, level, chunks, srow=job.brow, scol=job.bcol, per_side=b >> level,
+                      compressor=job.compressor, clevel=job.clevel)
+    write_atomic(done_path(store, job.brow, job.bcol), b"\x01")  # last: the block is complete
+    return n_written
+
+
+def _block_image(job: _BlockJob, slide: Slide, oy0: int, ox0: int, oh: int, ow: int) -> np.ndarray:
+    """The block's ``(oh, ow)`` output pixels (tissue chunks valid) via resampling or ``read_region``."""
+    plan, t = job.plan, job.plan.tile
     rows, cols = job.tissue.shape
     chunk_boxes = [(r * t, c * t, min((r + 1) * t, oh), min((c + 1) * t, ow))
                    for r in range(rows) for c in range(cols) if job.tissue[r, c]]
-    slide = _worker_slide(job.slide_path, job.mpp_override)
-    lw, lh = plan.level_size
     if not plan.resampled:
-        img = _read_level(slide, plan, oy0, ox0, oh, ow, chunk_boxes, disjoint=True)
-    else:
-        sy0, sy1 = source_span(oy0, oy0 + oh, scale=plan.scale, limit=lh)
-        sx0, sx1 = source_span(ox0, ox0 + ow, scale=plan.scale, limit=lw)
-        needed = []
-        for y0, x0, y1, x1 in chunk_boxes:
-            a0, a1 = source_span(oy0 + y0, oy0 + y1, scale=plan.scale, limit=lh)
-            c0, c1 = source_span(ox0 + x0, ox0 + x1, scale=plan.scale, limit=lw)
-            needed.append((a0 - sy0, c0 - sx0, a1 - sy0, c1 - sx0))
-        src = _read_level(slide, plan, sy0, sx0, sy1 - sy0, sx1 - sx0, needed)
-        img = area_resample(src, src_origin=(sy0, sx0), out_origin=(oy0, ox0), out_shape=(oh, ow),
-                            scale=plan.scale, src_limit=(lh, lw))
-    for r in range(rows):  # non-tissue chunks are fill (white), whatever neighbouring tiles painted there
-        for c in range(cols):
-            if not job.tissue[r, c]:
-                img[r * t:(r + 1) * t, c * t:(c + 1) * t] = 255
-    _write_shard(store, 0, img, job.tissue, srow=job.brow, scol=job.bcol, per_side=b, tile=t,
-                 compressor=job.compressor, clevel=job.clevel)
-    tissue = job.tissue
-    for level in range(1, job.levels + 1):
-        img = reduce2(img)
-        tissue = pool_any2(tissue)
-        _write_shard(store, level, img, tissue, srow=job.brow, scol=job.bcol, per_side=b // 2**level, tile=t,
-                     compressor=job.compressor, clevel=job.clevel)
-    write_atomic(done_path(store, job.brow, job.bcol), b"\x01")  # last: the block is complete
-    return len(chunk_boxes)
+        return _read_level(slide, plan, oy0, ox0, oh, ow, chunk_boxes, disjoint=True)
+    lw, lh = plan.level_size
+    sy0, sy1 = source_span(oy0, oy0 + oh, scale=plan.scale, limit=lh)
+    sx0, sx1 = source_span(ox0, ox0 + ow, scale=plan.scale, limit=lw)
+    needed = []
+    for y0, x0, y1, x1 in chunk_boxes:
+        a0, a1 = source_span(oy0 + y0, oy0 + y1, scale=plan.scale, limit=lh)
+        c0, c1 = source_span(ox0 + x0, ox0 + x1, scale=plan.scale, limit=lw)
+        needed.append((a0 - sy0, c0 - sx0, a1 - sy0, c1 - sx0))
+    src = _read_level(slide, plan, sy0, sx0, sy1 - sy0, sx1 - sx0, needed)
+    return area_resample(src, src_origin=(sy0, sx0), out_origin=(oy0, ox0), out_shape=(oh, ow),
+                         scale=plan.scale, src_limit=(lh, lw))
+
+
+def _arena(level: int, per_side: int, tile: int) -> np.ndarray:
+    """This thread's reusable ``(per_side, per_side, tile, tile, 3)`` chunk slots for one block level.
+
+    Reused across blocks: allocating (and page-faulting) a block's worth of fresh memory per task costs a
+    noticeable share of the decode. Shard writes are synchronous, so a slot is free again once written.
+    """
+    arenas: dict[int, np.ndarray] = _local.__dict__.setdefault("arenas", {})
+    shape = (per_side, per_side, tile, tile, 3)
+    buf = arenas.get(level)
+    if buf is None or buf.shape != shape:
+        buf = arenas[level] = np.empty(shape, np.uint8)
+    return buf
+
+
+def _slot(arena: np.ndarray, r: int, c: int, valid: tuple[int, int]) -> np.ndarray:
+    """Chunk slot ``(r, c)``; the part beyond ``valid`` (h, w) (the image edge) is white, as zarr pads it."""
+    slot = arena[r, c]
+    vh, vw = valid
+    if vh < slot.shape[0]:
+        slot[vh:] = FILL
+    if vw < slot.shape[1]:
+        slot[:vh, vw:] = FILL
+    return slot
+
+
+def _decode_chunks(dec: TileDecoder, arena: np.ndarray, tissue: np.ndarray, *, origin: tuple[int, int],
+                   size: tuple[int, int], tile: int) -> dict[tuple[int, int], np.ndarray]:
+    """The block's tissue chunks, decoded from the stored tiles they overlap (each tile once, in file order)."""
+    g, t = dec.grid, tile
+    oy0, ox0 = origin
+    oh, ow = size
+    chunks: dict[tuple[int, int], np.ndarray] = {}
+    targets: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for r, c in zip(*np.nonzero(tissue)):
+        r, c = int(r), int(c)
+        vh, vw = min(t, oh - r * t), min(t, ow - c * t)
+        chunks[(r, c)] = _slot(arena, r, c, (vh, vw))
+        y0, x0 = oy0 + r * t, ox0 + c * t
+        for tr in range(y0 // g.tile_height, (y0 + vh - 1) // g.tile_height + 1):
+            for tc in range(x0 // g.tile_width, (x0 + vw - 1) // g.tile_width + 1):
+                targets.setdefault((tr, tc), []).append((r, c))
+    exact = (g.tile_height, g.tile_width) == (t, t)  # stored tile == chunk: decode straight into the slot
+    buf = _tile_buffer(g.tile_height, g.tile_width)
+    for (tr, tc), owners in sorted(targets.items()):  # row-major = file order for the usual tile layout
+        ty, tx = tr * g.tile_height, tc * g.tile_width
+        if exact and (ty - oy0, tx - ox0) == (owners[0][0] * t, owners[0][1] * t):
+            r, c = owners[0]
+            slot = chunks[(r, c)]
+            vh, vw = min(t, oh - r * t), min(t, ow - c * t)
+            _decode_into(dec, tr, tc, slot)
+            _slot(arena, r, c, (vh, vw))  # re-whiten what the tile holds beyond the image edge
+            continue
+        px = _decode_into(dec, tr, tc, buf)  # one reused buffer, then one copy per owning chunk
+        for r, c in owners:
+            cy0, cx0 = oy0 + r * t, ox0 + c * t
+            a0, a1 = max(ty, cy0), min(ty + g.tile_height, cy0 + t, oy0 + oh)
+            b0, b1 = max(tx, cx0), min(tx + g.tile_width, cx0 + t, ox0 + ow)
+            chunks[(r, c)][a0 - cy0:a1 - cy0, b0 - cx0:b1 - cx0] = px[a0 - ty:a1 - ty, b0 - tx:b1 - tx]
+    return chunks
+
+
+def _split_chunks(img: np.ndarray, tissue: np.ndarray, arena: np.ndarray, *,
+                  tile: int) -> dict[tuple[int, int], np.ndarray]:
+    """The tissue chunks of a block image, copied into arena slots (padded white at the image edge)."""
+    t = tile
+    h, w = img.shape[:2]
+    chunks = {}
+    for r, c in zip(*np.nonzero(tissue)):
+        r, c = int(r), int(c)
+        vh, vw = min(t, h - r * t), min(t, w - c * t)
+        if vh <= 0 or vw <= 0:
+            continue
+        slot = chunks[(r, c)] = _slot(arena, r, c, (vh, vw))
+        slot[:vh, :vw] = img[r * t:r * t + vh, c * t:c * t + vw]
+    return chunks
+
+
+def _reduce_chunks(chunks: dict[tuple[int, int], np.ndarray], size: tuple[int, int], tissue: np.ndarray,
+                   arena: np.ndarray, *, tile: int) -> tuple[dict[tuple[int, int], np.ndarray], tuple[int, int]]:
+    """The next pyramid level's tissue chunks (2x2 mean) and block size, from this level's chunks.
+
+    Equals ``reduce2`` of the whole block image with white outside the tissue chunks: chunk origins are even
+    (for an even tile), so every 2x2 box lies in one chunk; a chunk without tissue reduces to white, so only
+    tissue chunks are reduced. An odd tile breaks that alignment: then the block image is reduced whole.
+    """
+    t = tile
+    h, w = size
+    nh, nw = -(-h // 2), -(-w // 2)
+    if t % 2:
+        img = np.full((h, w, 3), FILL, np.uint8)
+        for (r, c), px in chunks.items():
+            img[r * t:(r + 1) * t, c * t:(c + 1) * t] = px[:min(t, h - r * t), :min(t, w - c * t)]
+        return _split_chunks(reduce2(img), tissue, arena, tile=t), (nh, nw)
+    half = t // 2
+    out = {}
+    for R, C in zip(*np.nonzero(tissue)):
+        R, C = int(R), int(C)
+        vh, vw = min(t, nh - R * t), min(t, nw - C * t)
+        if vh <= 0 or vw <= 0:
+            continue
+        slot = out[(R, C)] = _slot(arena, R, C, (vh, vw))
+        for dy in (0, 1):
+            for dx in (0, 1):
+                r, c = 2 * R + dy, 2 * C + dx
+                sh, sw = min(t, h - r * t), min(t, w - c * t)  # valid source pixels of chunk (r, c)
+                if sh <= 0 or sw <= 0:
+                    continue
+                q = slot[dy * half:dy * half + (sh + 1) // 2, dx * half:dx * half + (sw + 1) // 2]
+                src = chunks.get((r, c))
+                if src is None:
+                    q[...] = FILL
+                else:
+                    reduce2(src[:sh, :sw], out=q)
+    return out, (nh, nw)
+
+
+def _write_chunks(store: Path, level: int, chunks: dict[tuple[int, int], np.ndarray], *, srow: int, scol: int,
+                  per_side: int, compressor: Compressor, clevel: int) -> int:
+    """Write full ``(tile, tile, 3)`` chunk slots as one shard file (uncompressed: straight from the slots)."""
+    if not chunks:
+        return 0
+    t = next(iter(chunks.values())).shape[0]
+    encoded = {k: encode_chunk(px, tile=t, compressor=compressor, clevel=clevel) for k, px in chunks.items()}
+    write_atomic(shard_path(store, level, srow, scol), encode_shard(encoded, per_side=per_side))
+    return len(encoded)
 
 
 def _run_pyramid(job: _PyramidJob) -> int:
@@ -550,11 +712,31 @@ def _read_level(slide: Slide, plan: TilePlan, y0: int, x0: int, h: int, w: int,
         for tr in range((y0 + by0) // g.tile_height, (y0 + by1 - 1) // g.tile_height + 1):
             for tc in range((x0 + bx0) // g.tile_width, (x0 + bx1 - 1) // g.tile_width + 1):
                 tiles.add((tr, tc))
-    order = sorted(tiles)
-    for (tr, tc), px in zip(order, dec.read_tiles(order)):
+    # decode each tile into one reused per-thread buffer, then one copy into place (the codec needs a contiguous
+    # target; a fresh array per tile costs a third of the decode in allocation and page faults)
+    buf = _tile_buffer(g.tile_height, g.tile_width)
+    for tr, tc in sorted(tiles):  # row-major = file order for the usual tile layout
         ty, tx = tr * g.tile_height, tc * g.tile_width
         a0, a1 = max(ty, y0), min(ty + g.tile_height, y0 + h, g.height)
         b0, b1 = max(tx, x0), min(tx + g.tile_width, x0 + w, g.width)
         if a1 > a0 and b1 > b0:
+            px = _decode_into(dec, tr, tc, buf)
             out[a0 - y0:a1 - y0, b0 - x0:b1 - x0] = px[a0 - ty:a1 - ty, b0 - tx:b1 - tx]
     return out
+
+
+def _decode_into(dec: TileDecoder, row: int, col: int, buf: np.ndarray) -> np.ndarray:
+    """Stored tile ``(row, col)`` decoded into ``buf`` (C-contiguous, the stored tile's shape); returns ``buf``."""
+    raw = dec.read_raw(row, col)
+    if isinstance(dec, TiffTileDecoder):  # the codec writes into buf: no per-tile array
+        return dec.decode(raw, out=buf)
+    buf[...] = dec.decode(raw)  # any other TileDecoder: plain protocol
+    return buf
+
+
+def _tile_buffer(th: int, tw: int) -> np.ndarray:
+    """This thread's scratch tile (decode target), reused across blocks."""
+    buf = getattr(_local, "tile_buffer", None)
+    if buf is None or buf.shape != (th, tw, 3):
+        buf = _local.tile_buffer = np.empty((th, tw, 3), np.uint8)
+    return buf

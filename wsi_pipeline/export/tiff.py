@@ -241,11 +241,14 @@ def _write(tmp: Path, region: Region, sizes: list[tuple[int, int]], scratch: Pat
             elif level == 0:
                 kwargs["description"] = _description(sizes[0], flavor, mpp=mpp, tile=tile, quality=quality,
                                                      compression=compression, extra=extra)
+            elif flavor == "svs":
+                # Aperio writes NewSubfileType 0 on reduced pyramid levels (1 = label, 9 = macro): tifffile's SVS
+                # parser files a subfiletype-1 page as the label, hiding the level from tifffile-based readers
+                kwargs["subfiletype"] = 0
+                kwargs["description"] = _description(lsize, "svs", mpp=None, tile=tile, quality=quality,
+                                                     compression=compression, extra="")
             else:
-                kwargs["subfiletype"] = 1
-                if flavor == "svs":
-                    kwargs["description"] = _description(lsize, "svs", mpp=None, tile=tile, quality=quality,
-                                                         compression=compression, extra="")
+                kwargs["subfiletype"] = 1  # generic TIFF: the standard "reduced-resolution image" flag
             try:
                 tif.write(stream.tiles(), **kwargs)
             finally:
