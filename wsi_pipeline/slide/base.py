@@ -74,8 +74,9 @@ class TileDecoder(Protocol):
     def read_raw(self, row: int, col: int) -> bytes:
         """Compressed bytes of one stored tile (JPEG tables already merged where needed)."""
 
-    def decode(self, raw: bytes) -> np.ndarray:
-        """Decode one tile to ``tile_height x tile_width x 3`` uint8 RGB (full stored tile, edge padding kept)."""
+    def decode(self, raw: bytes, *, out: np.ndarray | None = None) -> np.ndarray:
+        """Decode one tile to ``tile_height x tile_width x 3`` uint8 RGB (full stored tile, edge padding kept),
+        into ``out`` (C-contiguous, that shape) when given, so hot loops reuse one buffer."""
 
     def read_tiles(self, indices: Sequence[tuple[int, int]]) -> list[np.ndarray]:
         """Read and decode many ``(row, col)`` tiles; raises ``SlideError`` on damaged data."""
