@@ -8,10 +8,13 @@ stamp="$VENV/.installed-$(cat "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)"
 if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
+# pip's own exit status is kept; only the noise of unreachable extra index folders is dropped from stderr
+pipq() { "$VENV/bin/python" -m pip "$@" 2> >(grep -v "^WARNING: Location" >&2); }
 if [ ! -f "$stamp" ]; then
-  "$VENV/bin/python" -m pip install -q --upgrade pip
-  "$VENV/bin/python" -m pip install -q "torch==2.13.0"
-  "$VENV/bin/python" -m pip install -q -e "$ROOT[test]"
+  echo "setting up $VENV (first run only) ..." >&2
+  pipq install -q --upgrade pip
+  pipq install -q "torch==2.13.0"
+  pipq install -q -e "$ROOT[test]"
   rm -f "$VENV"/.installed-* && touch "$stamp"
 fi
 export PATH="$VENV/bin:$PATH"
