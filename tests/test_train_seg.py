@@ -254,3 +254,21 @@ def test_fast_da_run_records_phases(tmp_path: Path, scene_cache: Path) -> None:
     assert "loss_seg" not in history[1] and "loss_De" in history[1]
     assert result["best"] is not None and 0.0 <= result["best"]["val_dice"] <= 1.0
     assert result["best_epoch"] == 2  # only an adapted G (alternating phase) is exported
+
+
+def test_run_state_resumes_a_numpy_valued_schedule(tmp_path):
+    """A schedule lambda returning np.float64 must not break weights_only resume."""
+    import numpy as np
+    import torch
+
+    from wsi_pipeline.train.common import RunState
+
+    net = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: np.float64(0.5) ** e)
+    sched.step()
+    RunState(tmp_path).end_epoch(0, {"loss": 1.0}, models={"net": net}, optimizers={"opt": opt},
+                                 schedulers={"sched": sched})
+    sched2 = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: np.float64(0.5) ** e)
+    assert RunState(tmp_path).resume(models={"net": net}, optimizers={"opt": opt}, schedulers={"sched": sched2}) == 1
+    assert sched2.get_last_lr() == [0.05]

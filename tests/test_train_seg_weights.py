@@ -70,3 +70,12 @@ def test_shipped_segmenter_on_a_held_out_phantom_region() -> None:
     det = detection_scores(pred, scene.labels, min_area=int(meta["min_area_um2"] / meta["mpp"] ** 2))
     assert det.f1 >= 0.8, det  # with 3 glomeruli: at most one miss or one false positive
     assert np.isfinite(prob).all() and 0.0 <= prob.min() <= prob.max() <= 1.0
+
+
+@pytest.mark.parametrize(("name", "arch"), [("segmenter", "unet_resnet34"), ("generator-PAS-HE", "cyclegan_generator"),
+                                            ("generator-PAS-MASSON", "cyclegan_generator"),
+                                            ("generator-PAS-PASM", "cyclegan_generator"), ("g2c", "g2c")])
+def test_every_shipped_network_loads_through_the_registry(name: str, arch: str) -> None:
+    model, record = load_default(name)
+    assert record.arch == arch and not model.training
+    assert record.sha256 == (WEIGHTS_DIR / f"{name}.safetensors.sha256").read_text().split()[0]

@@ -98,13 +98,25 @@ class RunState:
         state = {
             "epoch": epoch,
             "models": {k: m.state_dict() for k, m in models.items()},
-            "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-            "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
+            "optimizers": {k: _plain(o.state_dict()) for k, o in optimizers.items()},
+            "schedulers": {k: _plain(s.state_dict()) for k, s in schedulers.items()},
             "rng": {"torch": torch.get_rng_state(), "numpy_keys": torch.from_numpy(keys.astype(np.int64)),
                     "numpy_pos": pos, "python_seed": random.randrange(2**31)},
         }
         with atomic_output(self.checkpoint_path) as tmp:
             torch.save(state, tmp)
+
+
+def _plain(obj: Any) -> Any:
+    """NumPy scalars -> Python numbers (a schedule lambda returning ``np.float64`` would otherwise put a pickled
+    NumPy object into the checkpoint, which ``weights_only`` loading refuses)."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_plain(v) for v in obj)
+    return obj
 
 
 def infinite(loader: Any) -> Iterator[Any]:

@@ -3,9 +3,10 @@
 Nothing is downloaded at run time: these files are the pipeline's out-of-the-box models. Every access checks the
 file against its SHA-256 sidecar, so a truncated or edited file fails loudly instead of segmenting badly.
 
->>> path = default_weights("segmenter")  # doctest: +SKIP
->>> model, record = load_default("segmenter")  # doctest: +SKIP
->>> record.metadata["mpp"]  # doctest: +SKIP
+>>> default_weights("segmenter").name
+'segmenter.safetensors'
+>>> model, record = load_default("segmenter")
+>>> record.metadata["mpp"]
 2.0
 """
 
