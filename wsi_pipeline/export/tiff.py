@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -25,6 +24,7 @@ import numpy as np
 import tifffile
 
 from wsi_pipeline import __version__
+from wsi_pipeline.atomic import atomic_output
 from wsi_pipeline.errors import ConfigError
 
 Region = Callable[[int, int, int, int], np.ndarray]
@@ -187,7 +187,6 @@ def write_pyramidal_tiff(path: str | os.PathLike[str], region: Region, *, size: 
     if not out.parent.is_dir():
         raise ConfigError(f"path={out}: folder {out.parent} does not exist")
     sizes = level_sizes(size, min_level_size=min_level_size)
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
     bar = None
     if progress:
         from tqdm import tqdm
@@ -195,13 +194,10 @@ def write_pyramidal_tiff(path: str | os.PathLike[str], region: Region, *, size: 
         total = sum(-(-w // tile) * -(-h // tile) for w, h in sizes)
         bar = tqdm(total=total, unit="tile", desc=out.name, leave=False)
     try:
-        with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as scratch:
+        with atomic_output(out) as tmp, \
+                tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as scratch:
             _write(tmp, region, sizes, Path(scratch), mpp=mpp, tile=tile, compression=compression,
                    quality=quality, flavor=flavor, extra=description_extra, progress=bar)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     finally:
         if bar is not None:
             bar.close()
