@@ -266,6 +266,7 @@ def test_run_state_resumes_a_numpy_valued_schedule(tmp_path):
     net = torch.nn.Linear(2, 1)
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: np.float64(0.5) ** e)
+    opt.step()
     sched.step()
     RunState(tmp_path).end_epoch(0, {"loss": 1.0}, models={"net": net}, optimizers={"opt": opt},
                                  schedulers={"sched": sched})
