@@ -1,6 +1,7 @@
 """Tiling benchmark: our tiling vs the raw JPEG-decode floor vs a plain openslide ``read_region`` loop.
 
     python -m benchmarks.bench_tiling --out bench-out/tiling [--sizes 10000,20000,40000] [--phantom-size 20000]
+    wsi-pipeline bench tiling --out bench-out/tiling ...      (the same, from the CLI)
 
 Slides are generated once and cached in ``--out/slides``: a phantom (``wsi_pipeline.synth``) and square slides
 built from the real PAS patch (mirrored into a seamless texture, cut to the phantom's biopsy-core outline, glass
@@ -113,16 +114,18 @@ def measure(kind: str, slide_path: Path, *, tile: int, workers: int, scratch: Pa
     extra: dict[str, Any] = {"level": plan.level, "scale": plan.scale, "detect_s": work["detect_s"]}
     cpu0 = _cpu_seconds()
     t0 = time.perf_counter()
-    if kind in ("tile", "tile-level0"):
+    if kind in ("tile", "tile-level0", "tile-raw"):
         from wsi_pipeline.tiling import TileConfig, tile_slide
 
         store = scratch / "bench.zarr"
         shutil.rmtree(store, ignore_errors=True)
-        cfg = TileConfig(tile=tile, mpp=mpp, pyramid=kind == "tile")
+        cfg = TileConfig(tile=tile, mpp=mpp, pyramid=kind != "tile-level0",
+                         compressor="none" if kind == "tile-raw" else "auto")
         t0 = time.perf_counter()
         res = tile_slide(slide_path, store, config=cfg, workers=workers, progress=False)
-        extra["chunks_written"] = res.chunks_written
         seconds = time.perf_counter() - t0
+        extra.update(chunks_written=res.chunks_written, copied=res.copied,
+                     store_mb=sum(p.stat().st_size for p in store.rglob("*") if p.is_file()) / 1e6)
         shutil.rmtree(store, ignore_errors=True)
     elif kind == "tile-processes":
         from distributed import Client, LocalCluster
@@ -143,10 +146,10 @@ def measure(kind: str, slide_path: Path, *, tile: int, workers: int, scratch: Pa
         import threading
 
         from wsi_pipeline.slide import open_slide
-        from wsi_pipeline.tiling import _worker_decoder
+        from wsi_pipeline.tiling_tasks import worker_decoder
 
         with open_slide(slide_path) as slide:
-            dec = _worker_decoder(slide, plan.level)
+            dec = worker_decoder(slide, plan.level)
             assert dec is not None, f"{slide_path}: no direct tile decoder"
             g = dec.grid
             needed = sorted({(ty, tx) for x, y, w, h in boxes
@@ -169,25 +172,6 @@ def measure(kind: str, slide_path: Path, *, tile: int, workers: int, scratch: Pa
                 n = sum(pool.map(run, batches))
             seconds = time.perf_counter() - t0
         extra["tiles_decoded"] = n
-    elif kind == "write":
-        # the store's bytes written as plain shard-sized files: what the page cache costs on this machine
-        from wsi_pipeline.tiling_core import pool_any2
-
-        maps = [work["chunk_map"]]
-        while max(maps[-1].shape) > 1:
-            maps.append(pool_any2(maps[-1]))
-        chunks = sum(int(m.sum()) for m in maps[:len(plan.shapes)])
-        shard = np.full(16 * tile * tile * 3, 200, np.uint8)
-        n_files = -(-chunks // 16)
-        out_dir = scratch / "write"
-        out_dir.mkdir()
-        t0 = time.perf_counter()
-        for i in range(n_files):
-            with open(out_dir / str(i), "wb") as fh:
-                fh.write(shard)
-        seconds = time.perf_counter() - t0
-        shutil.rmtree(out_dir)
-        extra["bytes"] = n_files * shard.nbytes
     elif kind == "openslide":
         import openslide
 
@@ -239,8 +223,6 @@ def _best_of(kinds: list[str], slide: Path, args: argparse.Namespace, *, mpp: fl
         for k in kinds:
             if k != "floor":
                 out[f"{k}_over_floor"] = best["floor"]["seconds"] / best[k]["seconds"]
-    if "floor" in best and "write" in best and "tile" in best:  # decode + page-cache writes, back to back
-        out["tile_over_decode_write"] = (best["floor"]["seconds"] + best["write"]["seconds"]) / best["tile"]["seconds"]
     if "floor" in best and "tile" in best:  # the same ratio in CPU seconds (all threads, user + system)
         out["tile_over_floor_cpu"] = min(r["cpu_s"] for r in runs["floor"]) / min(r["cpu_s"] for r in runs["tile"])
     if "openslide" in best:
@@ -252,16 +234,18 @@ def _best_of(kinds: list[str], slide: Path, args: argparse.Namespace, *, mpp: fl
 
 METHODOLOGY = (
     "Each measurement runs in a fresh subprocess (peak RSS = its ru_maxrss; imports, slide opening and the tissue "
-    "detection that defines the work are untimed set-up, except that 'tile' times the whole tile_slide call, "
-    "detection and store creation included). All kinds process the same pixels: the source-level boxes of the "
-    "tissue chunks. floor = read + decode every stored tile those boxes touch (imagecodecs, into a reused buffer "
-    "per thread, WORKERS threads, nothing else); write = the bytes tiling stores (all levels) written as plain "
-    "shard-sized files, one thread (the page-cache cost alone); tile = tile_slide with the pyramid; "
-    "tile-level0 = without it; openslide = one-thread read_region loop over the boxes. os.sync() (untimed) before each measurement. Kinds "
-    "are interleaved (floor, write, tile, tile-level0, openslide, floor, ...) REPS times; the table gives the fastest "
-    "run of each kind and ratios of those bests, with the 1-minute load average range seen during the runs "
-    "(the machine is shared: other processes compete for the same cores). CPU s = user + system seconds of "
-    "the timed part (all threads), the least of the runs: less sensitive to load than wall time.")
+    "detection that defines the work are untimed set-up, except that the tiling kinds time the whole tile_slide "
+    "call, tissue detection and store creation included). All kinds process the same pixels: the source-level "
+    "boxes of the tissue chunks. floor = read + decode every stored tile those boxes touch (imagecodecs, into a "
+    "reused buffer per thread, WORKERS threads, nothing else); tile = tile_slide with the pyramid and the default "
+    "compressor 'auto' (the slide's JPEG tiles copied into the chunks where they line up, nothing decoded; "
+    "decoded raw pixels otherwise); tile-level0 = the same without the pyramid; tile-raw = compressor 'none' "
+    "(every tile decoded, lossless raw chunks, 2x-mean pyramid: the previous format); openslide = one-thread "
+    "read_region loop over the boxes. os.sync() (untimed) before each measurement. Kinds are interleaved (floor, "
+    "tile, tile-level0, tile-raw, openslide, floor, ...) REPS times; the table gives the fastest run of each kind "
+    "and ratios of those bests, with the 1-minute load average range seen during the runs (the machine is shared: "
+    "other processes compete for the same cores). CPU s = user + system seconds of the timed part (all threads), "
+    "the least of the runs: less sensitive to load than wall time. store MB = bytes tiling wrote.")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -307,7 +291,7 @@ def main(argv: list[str] | None = None) -> None:
     compare = [("PAS patch", pas_slide(slides_dir, args.compare_size))] if args.compare_size else []
     if args.phantom_size:
         compare.insert(0, ("phantom", phantom_slide(slides_dir, args.phantom_size)))
-    kinds = ["floor", "write", "tile", "tile-level0", "openslide"] + (["tile-processes"] if args.processes else [])
+    kinds = ["floor", "tile", "tile-level0", "tile-raw", "openslide"] + (["tile-processes"] if args.processes else [])
     for label, slide in compare:
         print(f"{label}: {slide}", flush=True)
         results["compare"].append({"label": label, **_best_of(kinds, slide, args, reps=args.reps)})
@@ -320,7 +304,7 @@ def main(argv: list[str] | None = None) -> None:
     for size in sizes:
         slide = pas_slide(slides_dir, size)
         print(f"scaling {size}: {slide}", flush=True)
-        results["scaling"].append({"size": size, **_best_of(["floor", "write", "tile"], slide, args,
+        results["scaling"].append({"size": size, **_best_of(["floor", "tile"], slide, args,
                                                             reps=args.scaling_reps)})
     results["load_avg_end"] = os.getloadavg()
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
@@ -344,43 +328,45 @@ def _markdown(res: dict[str, Any]) -> str:
              f"best of {res['reps']} interleaved runs (scaling: best of {res['scaling_reps']}); load average "
              f"{res['load_avg_start'][0]:.1f} at start, {res['load_avg_end'][0]:.1f} at end; stores written to "
              f"{res['store_dir']}", "", "Method: " + res["methodology"], "",
-             "| slide | tissue MPix | floor (decode) MPix/s | write only s | tiling MPix/s "
-             "| tiling, no pyramid MPix/s | openslide loop (1 thread) MPix/s | tiling/floor | no pyramid/floor "
-             "| tiling/(decode+write) | tiling/openslide | CPU s floor / tiling | peak RSS tiling MiB "
+             "| slide | tissue MPix | floor (decode) MPix/s | tiling MPix/s | tiling, no pyramid MPix/s "
+             "| tiling raw (lossless) MPix/s | openslide loop (1 thread) MPix/s | tiling/floor | no pyramid/floor "
+             "| raw/floor | tiling/openslide | CPU s floor / tiling | store MB tiling / raw | peak RSS tiling MiB "
              "| load avg (1 min) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in res["compare"]:
-        lines.append(f"| {row['label']} ({row['tile']['slide']}) | {row['tile']['mpix']:.0f} "
-                     f"| {row['floor']['mpix_per_s']:.1f} | {row['write']['seconds']:.2f} "
-                     f"| {row['tile']['mpix_per_s']:.1f} "
-                     f"| {row['tile-level0']['mpix_per_s']:.1f} | {row['openslide']['mpix_per_s']:.1f} "
+        t = row["tile"]
+        lines.append(f"| {row['label']} ({t['slide']}) | {t['mpix']:.0f} "
+                     f"| {row['floor']['mpix_per_s']:.1f} | {t['mpix_per_s']:.1f} "
+                     f"| {row['tile-level0']['mpix_per_s']:.1f} | {row['tile-raw']['mpix_per_s']:.1f} "
+                     f"| {row['openslide']['mpix_per_s']:.1f} "
                      f"| {row['tile_over_floor']:.2f} | {row['tile-level0_over_floor']:.2f} "
-                     f"| {row['tile_over_decode_write']:.2f} "
-                     f"| {row['tile_over_openslide']:.1f}x | {_cpu(row)} "
-                     f"| {row['tile']['peak_rss_mib_max']:.0f} | {_loads(row)} |")
+                     f"| {row['tile-raw_over_floor']:.2f} | {row['tile_over_openslide']:.1f}x | {_cpu(row)} "
+                     f"| {t['store_mb']:.0f} / {row['tile-raw']['store_mb']:.0f} "
+                     f"| {t['peak_rss_mib_max']:.0f} | {_loads(row)} |")
     if res["resampled"]:
         lines += ["", "At a coarser target resolution (MPix = source-level pixels read: the tissue chunks' source "
-                  "boxes on the pyramid level tiling picks; floor = decoding that level's tiles):", "",
-                  "| slide | target um/px | source level (scale) | source MPix | floor MPix/s | tiling MPix/s "
-                  "| openslide loop MPix/s | tiling/floor | tiling/openslide | tissue detection s (in tiling) "
-                  "| peak RSS MiB | load avg |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "boxes on the pyramid level tiling picks; floor = decoding that level's tiles; copied = the "
+                  "level's JPEG tiles copied, no resampling):", "",
+                  "| slide | target um/px | source level (scale) | copied | source MPix | floor MPix/s "
+                  "| tiling MPix/s | openslide loop MPix/s | tiling/floor | tiling/openslide "
+                  "| tissue detection s (in tiling) | peak RSS MiB | load avg |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for row in res["resampled"]:
             t = row["tile"]
             lines.append(f"| {row['label']} ({t['slide']}) | {row['mpp']} | {t['level']} ({t['scale']:.3g}) "
+                         f"| {'yes' if t.get('copied') else 'no'} "
                          f"| {t['mpix']:.0f} | {row['floor']['mpix_per_s']:.1f} | {t['mpix_per_s']:.1f} "
                          f"| {row['openslide']['mpix_per_s']:.1f} | {row['tile_over_floor']:.2f} "
                          f"| {row['tile_over_openslide']:.1f}x | {t.get('detect_s', float('nan')):.2f} "
                          f"| {t['peak_rss_mib_max']:.0f} | {_loads(row)} |")
-    lines += ["", "| size | tissue MPix | tiling s | tiling MPix/s | floor MPix/s | write only s | tiling/floor "
-              "| tiling/(decode+write) | CPU s floor / tiling | peak RSS MiB | load avg |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| size | tissue MPix | tiling s | tiling MPix/s | floor MPix/s | tiling/floor "
+              "| CPU s floor / tiling | store MB | peak RSS MiB | load avg |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for row in res["scaling"]:
         t = row["tile"]
-        lines.append(f"| {row['size']} | {t['mpix']:.0f} | {t['seconds']:.1f} | {t['mpix_per_s']:.1f} "
-                     f"| {row['floor']['mpix_per_s']:.1f} | {row['write']['seconds']:.2f} "
-                     f"| {row['tile_over_floor']:.2f} | {row['tile_over_decode_write']:.2f} | {_cpu(row)} "
-                     f"| {t['peak_rss_mib_max']:.0f} | {_loads(row)} |")
+        lines.append(f"| {row['size']} | {t['mpix']:.0f} | {t['seconds']:.2f} | {t['mpix_per_s']:.1f} "
+                     f"| {row['floor']['mpix_per_s']:.1f} | {row['tile_over_floor']:.2f} | {_cpu(row)} "
+                     f"| {t['store_mb']:.0f} | {t['peak_rss_mib_max']:.0f} | {_loads(row)} |")
     return "\n".join(lines) + "\n"
 
 

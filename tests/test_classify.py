@@ -68,3 +68,25 @@ def test_generate_stains_on_crops() -> None:
     with torch.no_grad():
         ref = (model.generators["HE"](torch.full((1, 3, 24, 24), 200 / 255 * 2 - 1)) + 1) / 2
     np.testing.assert_allclose(out["HE"][0].astype(float), (ref[0].permute(1, 2, 0).numpy() * 255), atol=0.51)
+
+
+def test_training_crops_are_the_slide_jobs_crops(tmp_path) -> None:
+    """G2C's training crop of a glomerulus equals the slide job's crop of it from the same written slide."""
+    import json
+
+    from shapely.geometry import shape
+
+    from workflows.slide_ops import read_crops
+    from wsi_pipeline.slide import open_slide
+    from wsi_pipeline.train.data_stain import GlomerulusCropConfig, glomerulus_crops, phantom_slide_paths
+
+    config = GlomerulusCropConfig(size=48, mpp=2.0, margin=0.2, stains=("PAS",), slide_size=2048)
+    train = glomerulus_crops(config, seeds=[7400], slide_dir=tmp_path)
+    slide_path = phantom_slide_paths(config, 7400, tmp_path)["PAS"]  # already written: reused, not rewritten
+    truth = json.loads(slide_path.with_name("phantom-s7400.truth.geojson").read_text())["features"]
+    with open_slide(slide_path) as slide:  # the job's reader, on the truth GeoJSON's polygons
+        job = read_crops(slide, [shape(f["geometry"]) for f in truth], CropSpec(size=48, mpp=2.0, margin=0.2))
+    assert len(truth) == len(train) >= 3 and train.images.shape == (len(truth), 1, 48, 48, 3)
+    np.testing.assert_array_equal(train.images[:, 0], job)
+    classes = [str(f["properties"]["classification"]["name"]).split(": ")[-1] for f in truth]
+    assert [("noa", "ss", "gs")[c] for c in train.classes] == classes

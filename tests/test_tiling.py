@@ -233,7 +233,8 @@ def test_kill_mid_run_then_resume_is_byte_identical(slide_path: Path, tmp_path: 
     with pytest.raises(StoreError, match="did not finish"):
         read_store_info(store)
 
-    finished = {p: p.stat().st_mtime_ns for p in done_dir.glob("*/*")}
+    # (a marker the kill interrupted is a hidden .partial temp file, not a marker)
+    finished = {p: p.stat().st_mtime_ns for p in done_dir.glob("*/*") if not p.name.startswith(".")}
     done_blocks = {(int(p.parent.name), int(p.name)) for p in finished}
     # shard files of finished blocks (one per block and level) must not be rewritten
     kept = {p: p.stat().st_mtime_ns for r, c in done_blocks if (p := store / "0" / "c" / "0" / str(r) / str(c)).exists()}
@@ -246,10 +247,11 @@ def test_kill_mid_run_then_resume_is_byte_identical(slide_path: Path, tmp_path: 
     assert _files(store) == _files(reference)
 
 
-def test_distributed_processes_give_identical_store(slide_path: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("tile", [128, 256])  # decoded chunks; copied JPEG tiles (block and post copy tasks)
+def test_distributed_processes_give_identical_store(slide_path: Path, tmp_path: Path, tile: int) -> None:
     from distributed import Client, LocalCluster
 
-    cfg = TileConfig(tile=128, task_px=256)
+    cfg = TileConfig(tile=tile, task_px=256)
     tile_slide(slide_path, tmp_path / "threads.zarr", config=cfg, workers=2, progress=False)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster) as client:
@@ -287,9 +289,32 @@ def test_read_region_path_matches_direct_decode(slide_path: Path, tmp_path: Path
                                                 mpp: float | None) -> None:
     """Slides without a direct tile decoder (non-TIFF vendors) go through read_region: same pixels."""
     import wsi_pipeline.tiling as tiling
+    import wsi_pipeline.tiling_tasks as tasks
 
-    cfg = TileConfig(tile=256, mpp=mpp)
+    cfg = TileConfig(tile=256, mpp=mpp, compressor="none")
     tile_slide(slide_path, tmp_path / "fast.zarr", config=cfg, progress=False)
-    monkeypatch.setattr(tiling, "_worker_decoder", lambda slide, level: None)
+    copied = tile_slide(slide_path, tmp_path / "copied.zarr", config=TileConfig(tile=256, mpp=mpp), progress=False)
+    assert copied.copied == (mpp is None)
+    for module in (tiling, tasks):
+        monkeypatch.setattr(module, "worker_decoder", lambda slide, level: None)
     tile_slide(slide_path, tmp_path / "slow.zarr", config=cfg, progress=False)
     assert _files(tmp_path / "fast.zarr") == _files(tmp_path / "slow.zarr")
+    a, b = (zarr.open_group(tmp_path / n, mode="r")["0"] for n in ("slow.zarr", "copied.zarr"))
+    assert np.array_equal(a[:], b[:])
+
+
+def test_cli_bench_tiling(tmp_path: Path) -> None:
+    """`wsi-pipeline bench tiling` runs the benchmark (options pass through to its own parser)."""
+    from click.testing import CliRunner
+
+    from workflows.cli import cli
+
+    shown = CliRunner().invoke(cli, ["bench", "tiling", "--help"])
+    assert "--phantom-size" in shown.output and "--sizes" in shown.output
+    out = tmp_path / "bench"
+    result = CliRunner().invoke(cli, ["bench", "tiling", "--out", str(out), "--phantom-size", "0", "--compare-size",
+                                      "0", "--mpp", "", "--sizes", "3000", "--scaling-reps", "1"])
+    assert result.exit_code == 0, result.output
+    row = __import__("json").loads((out / "results.json").read_text())["scaling"][0]
+    assert row["size"] == 3000 and row["tile"]["copied"] and row["tile_over_floor"] > 0
+    assert "| 3000 |" in (out / "results.md").read_text()

@@ -108,3 +108,23 @@ def test_phantom_slide_tissue_iou(tmp_path: Path) -> None:
         iou = _iou(res.mask, truth)
         print(f"phantom {stain}: IoU {iou:.3f} (truth {truth.mean():.1%} of the slide)")
         assert iou > 0.85
+
+
+def test_fast_closing_and_hole_filling_equal_scipy() -> None:
+    from scipy import ndimage as ndi
+
+    from wsi_pipeline.tissue import _binary_closing, _disk, _fill_holes
+
+    rng = np.random.default_rng(7)
+    for trial in range(12):
+        shape = tuple(int(v) for v in rng.integers(3, 120, 2))
+        mask = ndi.gaussian_filter(rng.random(shape), rng.uniform(0.5, 3)) > rng.uniform(0.45, 0.55)
+        for r in (1, 2, 3):
+            assert np.array_equal(_binary_closing(mask, _disk(r)), ndi.binary_closing(mask, structure=_disk(r)))
+        holes = ndi.binary_fill_holes(mask) & ~mask
+        labels, _ = ndi.label(holes)
+        sizes = np.bincount(labels.ravel())
+        for max_hole in (0, 4, 40, 10**9):
+            keep = sizes <= max_hole
+            keep[0] = False
+            assert np.array_equal(_fill_holes(mask, max_hole_px=max_hole), mask | keep[labels]), (trial, max_hole)

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 import wsi_pipeline.train.g2c as g2c_mod
-from wsi_pipeline.config import load_config
 from wsi_pipeline.models.registry import define, load_model, save_model
 from wsi_pipeline.train.cyclegan import translation_error
 from wsi_pipeline.train.data_stain import GlomerulusCropConfig, glomerulus_crops
@@ -49,7 +48,7 @@ def tiny_generators(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 def tiny_config(generators: dict[str, str], **update: object) -> G2CTrainConfig:
     base = G2CTrainConfig(generators=generators, epochs=2, freeze_epochs=2, batch_size=8,
-                          crop=GlomerulusCropConfig(size=48, slide_size=4096), train_seeds=(1000, 2),
+                          crop=GlomerulusCropConfig(size=48, slide_size=4096, source="render"), train_seeds=(1000, 2),
                           test_seeds=(5000, 1), classifier=ClassifierWidths(stem_width=8, widths=(16,),
                                                                             blocks_per_unit=1))
     return base.model_copy(update=update)
@@ -92,10 +91,16 @@ def test_generators_frozen_then_trained_and_focal_loss_used(tiny_generators: dic
 
 
 def test_frozen_variant_never_moves_generators(tiny_generators: dict[str, str], tmp_path: Path) -> None:
-    cfg = tiny_config(tiny_generators, epochs=2, freeze_epochs=0, joint=False, variant="PAS_HE", task="s_vs_noa")
+    # the shipped recipe's data path: crops read from written phantom slides (cached next to the crops)
+    crop = GlomerulusCropConfig(size=48, slide_size=2048, stains=("PAS", "HE"))
+    cfg = tiny_config(tiny_generators, epochs=2, freeze_epochs=0, joint=False, variant="PAS_HE", task="s_vs_noa",
+                      crop=crop, train_seeds=(1000, 3), cache_dir=str(tmp_path / "cache"))
     result = train_g2c(cfg, run_dir=tmp_path / "frozen", progress=False)
     assert result["generators_max_change"] == 0.0
     assert set(result["translation_after"]) == {"HE"} and "auc" in result["test"]
+    slides = sorted(p.name for p in (tmp_path / "cache" / "phantom-slides").rglob("*.svs"))
+    assert slides == ["phantom-s1000-PAS.svs", "phantom-s1001-PAS.svs", "phantom-s1002-PAS.svs",
+                      "phantom-s5000-HE.svs", "phantom-s5000-PAS.svs"]  # training needs the PAS input only
 
 
 def test_variants_build_the_right_model(tiny_generators: dict[str, str]) -> None:
@@ -147,7 +152,16 @@ def _card_sha(name: str) -> str:
 
 @pytest.fixture(scope="module")
 def held_out() -> object:
-    return glomerulus_crops(GlomerulusCropConfig(size=64, mpp=2.0, margin=0.2), seeds=[HELD_OUT, HELD_OUT + 1])
+    """Rendered paired crops (the generator cards' translation errors were measured on these)."""
+    return glomerulus_crops(GlomerulusCropConfig(size=64, mpp=2.0, margin=0.2, source="render"),
+                            seeds=[HELD_OUT, HELD_OUT + 1])
+
+
+@pytest.fixture(scope="module")
+def held_out_slides(tmp_path_factory: pytest.TempPathFactory) -> object:
+    """PAS crops read from written held-out phantom slides with the slide job's crop function (what G2C sees)."""
+    return glomerulus_crops(GlomerulusCropConfig(size=64, mpp=2.0, margin=0.2, stains=("PAS",), slide_size=4096),
+                            seeds=range(HELD_OUT, HELD_OUT + 4), slide_dir=tmp_path_factory.mktemp("slides"))
 
 
 # Floors sit below what the shipped generators measured on these two layouts (colour-error ratio 0.36 / 0.81 /
@@ -171,11 +185,15 @@ def test_shipped_generators_load_and_translate(stain: str, held_out) -> None:
     assert (WEIGHTS / f"{name}.safetensors").stat().st_size < 4_000_000
 
 
-def test_shipped_g2c_loads_and_classifies_held_out(held_out) -> None:
+def test_shipped_g2c_loads_and_classifies_held_out(held_out_slides) -> None:
     model, record = load_model(WEIGHTS / "g2c.safetensors", expected_sha256=_card_sha("g2c"))
     assert record.arch == "g2c" and record.metadata["classes"] == ["noa", "ss", "gs"]
     assert record.metadata["crop_size"] == 64 and record.metadata["crop_mpp"] == 2.0
-    probs = predict(model, held_out.images[:, 0], device=torch.device("cpu"))
-    assert probs.shape == (len(held_out), 3) and np.allclose(probs.sum(1), 1, atol=1e-5)
-    scores = score(probs, held_out, "three_class")
-    assert scores["balanced_accuracy"] > 0.6  # chance is 1/3
+    assert record.training_config["crop"]["source"] == "slide"  # trained on crops as the slide job cuts them
+    probs = predict(model, held_out_slides.images[:, 0], device=torch.device("cpu"))
+    assert probs.shape == (len(held_out_slides), 3) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    scores = score(probs, held_out_slides, "three_class")
+    # measured 0.675 balanced (noa recall 6/7, gs 7/7, ss 1/6) on these 20 glomeruli; chance is 1/3. The g2c trained
+    # on rendered crops scored 0.611 with noa recall 0/7 (it called every non-sclerotic glomerulus of a slide ss)
+    assert scores["balanced_accuracy"] > 0.6
+    assert scores["recall_noa"] >= 0.7

@@ -34,7 +34,7 @@ def _one_thread():
     torch.set_num_threads(before)
 
 KIDNEY = ROOT.parent / "shared" / "data" / "kidney-stains"
-TINY = GlomerulusCropConfig(size=32, slide_size=4096)
+TINY = GlomerulusCropConfig(size=32, slide_size=4096, source="render")
 
 
 @pytest.fixture(scope="module")

@@ -49,7 +49,8 @@ def command(slide: Path, out: Path, mpp: float | None, tile: int | None, workers
     mpp_txt = f"{res.mpp:.4g} um/px" if res.mpp else "unknown um/px"
     state = "already complete" if res.already_complete else (
         f"{res.chunks_written} chunks written, {res.blocks_skipped} blocks resumed from an earlier run")
-    click.echo(f"{res.store_path}: {w} x {h} px at {mpp_txt} (level {res.level}, scale {res.scale:.4g}); "
+    how = "JPEG tiles copied" if res.copied else "decoded"
+    click.echo(f"{res.store_path}: {w} x {h} px at {mpp_txt} (level {res.level}, scale {res.scale:.4g}, {how}); "
                f"{res.chunks_tissue} of {res.chunks_total} chunks hold tissue; {state}; {res.seconds:.1f} s")
 
 

@@ -77,14 +77,22 @@ def slide_stem(path: str | os.PathLike[str]) -> str:
 def run_slide(slide_path: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, config: JobConfig,
               task: str = "full", mpp_override: float | None = None, annotations: str | None = None,
               workers: int | None = None, scheduler: str | None = "threads", progress: bool = False,
-              stem: str | None = None) -> dict[str, Any]:
-    """Run ``task`` on one slide into ``out_dir/<stem>``; returns its report entry (never raises for bad input)."""
+              stem: str | None = None, until: str | None = None,
+              on_stage: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run ``task`` on one slide into ``out_dir/<stem>``; returns its report entry (never raises for bad input).
+
+    ``until="tile"`` stops after tiling (the batch layer runs tiling and the model stages as separate tasks, so
+    CPU workers tile while GPU workers infer); ``on_stage(name)`` is called before a stage body runs.
+    """
     if task not in TASKS:
         raise ValueError(f"task={task!r}: expected one of {TASKS}")
+    if until not in (None, "tile"):
+        raise ValueError(f"until={until!r}: expected None or 'tile'")
     path = Path(slide_path)
     stem = stem or slide_stem(path)
     job = _SlideJob(path, Path(out_dir).resolve() / stem, config=config, task=task, mpp_override=mpp_override,
-                    annotations=annotations, workers=workers, scheduler=scheduler, progress=progress)
+                    annotations=annotations, workers=workers, scheduler=scheduler, progress=progress, until=until,
+                    on_stage=on_stage)
     t0 = time.perf_counter()
     entry: dict[str, Any] = {"input": str(path), "output": str(job.slide_dir), "task": task}
     try:
@@ -120,7 +128,8 @@ class _SlideJob:
     """Decides which stages run (markers) and chains them; the stage bodies live in :mod:`slide_ops`."""
 
     def __init__(self, path: Path, slide_dir: Path, *, config: JobConfig, task: str, mpp_override: float | None,
-                 annotations: str | None, workers: int | None, scheduler: str | None, progress: bool) -> None:
+                 annotations: str | None, workers: int | None, scheduler: str | None, progress: bool,
+                 until: str | None = None, on_stage: Callable[[str], None] | None = None) -> None:
         self.path, self.slide_dir, self.config, self.task = path, slide_dir, config, task
         self.mpp_override, self.annotations = mpp_override, annotations
         self.workers, self.scheduler, self.progress = workers, scheduler, progress
@@ -131,6 +140,7 @@ class _SlideJob:
         self.outputs: dict[str, str] = {}
         self.ran: list[str] = []
         self.skipped: list[str] = []
+        self.until, self.on_stage = until, on_stage
 
     # -- bookkeeping -------------------------------------------------------------------------------------------
     def stage(self, name: str, digest: str, body: Callable[[], tuple[list[Path], dict[str, Any]]]) -> StageRecord:
@@ -141,6 +151,8 @@ class _SlideJob:
             self.counts.update(done.counts)
             return done
         self.book.forget(name)
+        if self.on_stage is not None:
+            self.on_stage(name)
         with Stopwatch() as sw:
             outputs, counts = body()
         self.timings[name] = sw.seconds
@@ -168,10 +180,14 @@ class _SlideJob:
             return
         if self.task == "translate":  # needs the segmentation resolution only (the store is shared)
             mpp = self.config.segment.mpp or ops.seg_settings(self.config.segment, self.config).mpp
-            self.run_translate(self.tile(mpp))
+            tile_digest = self.tile(mpp)
+            if self.until != "tile":
+                self.run_translate(tile_digest)
             return
         seg = ops.seg_settings(self.config.segment, self.config)
         tile_digest = self.tile(seg.mpp)
+        if self.until == "tile":
+            return
         seg_digest = digest_of("segment", tile_digest, seg.to_dict(), self.config.device)
         geometry = self.geometry()
         self.stage("segment", seg_digest, lambda: ([self.store / "seg"], {

@@ -27,16 +27,15 @@ from wsi_pipeline.annotations import (
     to_feature,
 )
 from wsi_pipeline.atomic import atomic_write_text
-from wsi_pipeline.errors import AnnotationError, SlideError, WeightsError
+from wsi_pipeline.errors import AnnotationError, WeightsError
 from wsi_pipeline.infer import TiledInferenceConfig, predict_zarr
 from wsi_pipeline.infer.classify import (
     CropSpec,
     G2CModel,
     class_measurements,
-    crop_box,
-    finish_crop,
     g2c_probabilities,
 )
+from wsi_pipeline.infer.crops import read_glomerulus_crops
 from wsi_pipeline.infer.layout import Layout
 from wsi_pipeline.infer.translate import generator_predictor
 from wsi_pipeline.overlay import render_overlay, save_png
@@ -223,21 +222,8 @@ def seg_confidence(seg: zarr.Array, polygon: BaseGeometry, geometry: StoreGeomet
 
 
 def read_crops(slide: Slide, shapes: Sequence[BaseGeometry], spec: CropSpec) -> NDArray[np.uint8]:
-    """``(N, size, size, 3)`` crops of ``shapes`` (level-0) at ``spec.mpp`` (read from the best pyramid level)."""
-    if slide.mpp is None:
-        raise SlideError(slide.path, "no microns-per-pixel in the file: pass --mpp-override to classify")
-    mpp0 = (slide.mpp[0] + slide.mpp[1]) / 2.0
-    target_ds = spec.mpp / mpp0
-    level = slide.best_level_for_downsample(target_ds)
-    d = slide.level_downsamples[level]
-    out = np.empty((len(shapes), spec.size, spec.size, 3), np.uint8)
-    for i, shape in enumerate(shapes):
-        x0, y0, x1, _ = crop_box(shape, margin=spec.margin)
-        side0 = x1 - x0
-        n = max(1, math.ceil(side0 / d))
-        region = slide.read_region((math.floor(x0), math.floor(y0)), level, (n, n))
-        out[i] = finish_crop(region, side_px=round(side0 / target_ds), size=spec.size)
-    return out
+    """``(N, size, size, 3)`` crops of ``shapes`` (level-0): the crop function G2C's training data are read with."""
+    return read_glomerulus_crops(slide, shapes, spec)
 
 
 def classify(slide: Slide, shapes: Sequence[BaseGeometry], bundle: ClassifierBundle, *, batch_size: int,

@@ -5,6 +5,7 @@ No I/O here: :mod:`wsi_pipeline.tiling` wires these to slides, zarr and Dask.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -12,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-__all__ = ["TilePlan", "plan_tiling", "chunk_tissue_map", "area_resample", "reduce2", "pool_any2",
-           "level_shapes"]
+__all__ = ["TilePlan", "plan_tiling", "SourceLevel", "LevelPlan", "plan_pyramid", "block_levels", "level_maps",
+           "chunk_tissue_map", "area_resample", "reduce2", "pool_any2", "level_shapes"]
 
 # mpp ratios closer than this to a stored level are read without resampling (exact pixels)
 _SAME_SCALE_RTOL = 1e-3
@@ -114,6 +115,100 @@ def plan_tiling(
                     height=height, tile=tile, block=block, shapes=shapes)
 
 
+@dataclass(frozen=True)
+class SourceLevel:
+    """A slide pyramid level as the pyramid planner sees it."""
+
+    level: int
+    size: tuple[int, int]  # (width, height)
+    downsample: float  # relative to the slide's level 0
+    jpeg_tile: tuple[int, int] | None  # (width, height) of its stored tiles when they can be copied as JPEG
+
+
+@dataclass(frozen=True)
+class LevelPlan:
+    """One level of the output pyramid: its size, scale, and whether its chunks are copied from a slide level."""
+
+    shape: tuple[int, int]  # (height, width)
+    factor: int  # output level-"0" pixels per pixel of this level (a power of two)
+    copy_from: int | None  # slide level whose stored JPEG tiles become the chunks; None = computed pixels
+
+
+def _copyable(source: SourceLevel | None, tile: int) -> bool:
+    """The level's stored JPEG tiles line up with ``tile``-px chunks: each chunk is a whole grid of tiles."""
+    if source is None or source.jpeg_tile is None:
+        return False
+    tw, th = source.jpeg_tile
+    return tile % tw == 0 and tile % th == 0
+
+
+def plan_pyramid(plan: TilePlan, sources: Sequence[SourceLevel], *, pyramid: bool = True) -> tuple[LevelPlan, ...]:
+    """The output pyramid: copied slide levels where the slide's JPEG tiles line up with the chunks, else 2x means.
+
+    Level "0" is copied when it needs no resampling and its tiles line up; then every further slide level that does
+    too and sits at a power-of-two scale of it (any power: Aperio's 4x steps stay 4x) is copied, and 2x reductions
+    of the coarsest one continue down to a single chunk. Otherwise (``sources`` empty, resampling, other tiles)
+    every level is computed: ``plan.shapes``, each the 2x mean of the one before.
+
+    >>> plan = plan_tiling([(4096, 4096), (1024, 1024)], [1.0, 4.0], 0.25, target_mpp=None, tile=512, task_px=2048)
+    >>> src = [SourceLevel(0, (4096, 4096), 1.0, (256, 256)), SourceLevel(1, (1024, 1024), 4.0, (256, 256))]
+    >>> [(lv.shape, lv.factor, lv.copy_from) for lv in plan_pyramid(plan, src)]
+    [((4096, 4096), 1, 0), ((1024, 1024), 4, 1), ((512, 512), 8, None)]
+    """
+    by_level = {s.level: s for s in sources}
+    t = plan.tile
+    first = by_level.get(plan.level)
+    if plan.resampled or first is None or not _copyable(first, t):
+        shapes = plan.shapes if pyramid else plan.shapes[:1]
+        return tuple(LevelPlan(shape, 2**i, None) for i, shape in enumerate(shapes))
+    h0, w0 = plan.height, plan.width
+    levels = [LevelPlan((h0, w0), 1, plan.level)]
+    if not pyramid:
+        return tuple(levels)
+    for s in sorted(sources, key=lambda s: s.level):
+        if s.level <= plan.level or max(levels[-1].shape) <= t or not _copyable(s, t):
+            continue
+        f = 2 ** max(0, round(math.log2(s.downsample / first.downsample)))
+        w, h = s.size
+        # the same image at 1/f: each side within one of its pixels of level "0"'s / f (Aperio rounds down)
+        if f > levels[-1].factor and abs(w * f - w0) <= f and abs(h * f - h0) <= f:
+            levels.append(LevelPlan((h, w), f, s.level))
+    while max(levels[-1].shape) > t:
+        h, w = levels[-1].shape
+        levels.append(LevelPlan((-(-h // 2), -(-w // 2)), 2 * levels[-1].factor, None))
+    return tuple(levels)
+
+
+def block_levels(levels: Sequence[LevelPlan], block: int) -> int:
+    """Pyramid levels (beyond "0") a task block writes itself: those that fit the block and are made as level "0" is.
+
+    A block of ``block x block`` level-"0" chunks covers ``block / factor`` chunks of a coarser level; a block whose
+    level "0" is decoded also reduces its own next levels, one whose level "0" is copied copies its next levels.
+    """
+    copying = levels[0].copy_from is not None
+    n = 0
+    for lv in levels[1:]:
+        if lv.factor > block or (lv.copy_from is not None) != copying:
+            break
+        n += 1
+    return n
+
+
+def level_maps(chunk_map: np.ndarray, levels: Sequence[LevelPlan], *, tile: int) -> list[np.ndarray]:
+    """The tissue chunk map of every level: level "0"'s OR-pooled by each level's factor, cut to its chunk grid."""
+    maps = [chunk_map]
+    for prev, lv in itertools.pairwise(levels):
+        m = maps[-1]
+        for _ in range(int(math.log2(lv.factor // prev.factor))):
+            m = pool_any2(m)
+        rows, cols = -(-lv.shape[0] // tile), -(-lv.shape[1] // tile)
+        grid = np.zeros((rows, cols), bool)
+        r, c = min(rows, m.shape[0]), min(cols, m.shape[1])
+        grid[:r, :c] = m[:r, :c]
+        maps.append(grid)
+    return maps
+
+
 def chunk_tissue_map(mask: np.ndarray, *, mask_downsample: tuple[float, float], plan: TilePlan,
                      margin_px: int = 1) -> np.ndarray:
     """Bool ``plan.grid`` map: True where a level-"0" chunk touches the tissue mask (dilated by ``margin_px``).
@@ -126,8 +221,10 @@ def chunk_tissue_map(mask: np.ndarray, *, mask_downsample: tuple[float, float], 
         return out
     mh, mw = mask.shape
     # integral image: any() over a rectangle in O(1)
-    ii = np.zeros((mh + 1, mw + 1), np.int64)
-    ii[1:, 1:] = mask.astype(np.int64).cumsum(0).cumsum(1)
+    acc = np.int32 if mask.size < 2**31 else np.int64  # counts up to mask.size; int32 halves the memory traffic
+    ii = np.zeros((mh + 1, mw + 1), acc)
+    np.cumsum(mask, axis=0, dtype=acc, out=ii[1:, 1:])
+    np.cumsum(ii[1:, 1:], axis=1, out=ii[1:, 1:])
     f = plan.downsample0
     t = plan.tile
     for r in range(rows):

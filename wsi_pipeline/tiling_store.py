@@ -1,17 +1,21 @@
 """The zarr v3 store layout of a tiled slide, and fast direct chunk I/O for it.
 
-Chunks are encoded here (blosc, in the array's declared codec pipeline), packed into one *shard* file per task
-block (zarr v3 ``sharding_indexed``: a file per block, not per tile, because creating files costs as much as the
-pixels in them) and written with temp-file + ``os.replace``. This bypasses zarr-python's write path, which costs
-several times the JPEG decode it follows. Every array is created through zarr itself, so ``zarr.open_group`` and
-napari read the result normally.
+Chunks are encoded here, packed into one *shard* file per task block (zarr v3 ``sharding_indexed``: a file per
+block, not per tile, because creating files costs as much as the pixels in them) and written with temp-file +
+``os.replace``. This bypasses zarr-python's write path, which costs several times the JPEG decode it follows. Every
+array is created through zarr itself, so ``zarr.open_group`` and napari read the result normally.
+
+A level's chunks are either :class:`JpegChunks` (the slide's own JPEG tiles copied byte for byte, or pixels encoded
+at a quality; codec ``wsi_pipeline.jpeg``, see :mod:`wsi_pipeline.jpeg_codec`) or :class:`RawChunks` (decoded pixels,
+optionally blosc-compressed; lossless, any zarr reads them).
 
 Layout::
 
     STORE.zarr/zarr.json        group; attributes "ome" (OME-NGFF 0.5 multiscales) and "wsi_pipeline"
     STORE.zarr/0, 1, ...        image pyramid, (c, y, x) uint8, chunks (3, tile, tile) inside shards of one task
                                 block each, fill 255 (white); stored interleaved (transpose codec): a chunk's
-                                bytes are the tile's RGB; chunks without tissue are absent from the shard index
+                                bytes are the tile's RGB (raw) or JPEG streams; chunks without tissue are absent
+                                from the shard index
     STORE.zarr/tissue_mask      uint8 thumbnail-resolution tissue mask
     STORE.zarr/tiling_done      uint8 per task block: 1 once every chunk of that block is on disk
 """
@@ -21,6 +25,8 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,6 +34,8 @@ import imagecodecs
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, BytesCodec, ShardingCodec, TransposeCodec
+
+from .jpeg_codec import JpegTilesCodec, decode_jpeg_chunk, encode_jpeg_chunk
 
 Compressor = Literal["lz4", "zstd", "none"]
 FILL = 255
@@ -45,27 +53,80 @@ def done_path(store: Path, brow: int, bcol: int) -> Path:
     return store / DONE_ARRAY / "c" / str(brow) / str(bcol)
 
 
+@dataclass(frozen=True)
+class RawChunks:
+    """Decoded RGB bytes, blosc-compressed or not (lossless; decoded tissue barely compresses)."""
+
+    compressor: Compressor = "none"
+    clevel: int = 1
+
+    def zarr_codecs(self) -> list[Any]:
+        """The inner-chunk codecs after the transpose to interleaved RGB."""
+        codecs: list[Any] = [BytesCodec()]
+        if self.compressor != "none":
+            codecs.append(BloscCodec(cname=self.compressor, clevel=self.clevel, shuffle="noshuffle", typesize=1,
+                                     blocksize=0))
+        return codecs
+
+    def encode(self, px: np.ndarray) -> bytes | memoryview:
+        """One full ``(tile, tile, 3)`` chunk's bytes (uncompressed: a view of ``px``, no copy)."""
+        data = np.ascontiguousarray(px)
+        if self.compressor == "none":
+            return memoryview(data).cast("B")
+        return bytes(imagecodecs.blosc_encode(data, level=self.clevel, compressor=self.compressor, shuffle=0,
+                                              typesize=1, numthreads=1))
+
+    def decode(self, raw: bytes | memoryview, *, tile: int) -> np.ndarray:
+        data = raw if self.compressor == "none" else imagecodecs.blosc_decode(raw)
+        return np.frombuffer(data, np.uint8).reshape(tile, tile, 3)
+
+
+@dataclass(frozen=True)
+class JpegChunks:
+    """JPEG streams: a grid of copied slide tiles (``tile_shape``, (height, width)) or one encoded stream."""
+
+    tile_shape: tuple[int, int] | None = None  # None: one stream per chunk
+    colorspace: str | None = None  # what copied streams hold when their markers do not say it
+    quality: int = 90  # for chunks encoded here
+
+    def zarr_codecs(self) -> list[Any]:
+        return [JpegTilesCodec(tile_shape=self.tile_shape, colorspace=self.colorspace, quality=self.quality)]
+
+    def encode(self, px: np.ndarray) -> bytes:
+        """Encode one full ``(tile, tile, 3)`` chunk (all-white sub-tiles are stored as absent: exact fill)."""
+        return encode_jpeg_chunk(px, tile_shape=self.tile_shape or px.shape[:2], quality=self.quality, fill=FILL)
+
+    def decode(self, raw: bytes | memoryview, *, tile: int) -> np.ndarray:
+        return decode_jpeg_chunk(raw, shape=(tile, tile), tile_shape=self.tile_shape or (tile, tile),
+                                 colorspace=self.colorspace, fill=FILL)
+
+
+ChunkCodec = RawChunks | JpegChunks
+
+
 def create_image_array(group: zarr.Group, name: str, *, shape: tuple[int, int], tile: int, shard: int,
-                       compressor: Compressor, clevel: int) -> zarr.Array:
+                       codec: ChunkCodec) -> zarr.Array:
     """An empty (c, y, x) uint8 level: ``shard x shard`` files of ``tile x tile`` chunks holding interleaved RGB."""
-    inner: list[Any] = [TransposeCodec(order=(1, 2, 0)), BytesCodec()]
-    if compressor != "none":
-        inner.append(BloscCodec(cname=compressor, clevel=clevel, shuffle="noshuffle", typesize=1, blocksize=0))
+    inner: list[Any] = [TransposeCodec(order=(1, 2, 0)), *codec.zarr_codecs()]
     sharding = ShardingCodec(chunk_shape=(3, tile, tile), codecs=inner, index_codecs=[BytesCodec()],
                              index_location="end")
     return group.create_array(name, shape=(3, *shape), chunks=(3, shard, shard), dtype="uint8", fill_value=FILL,
                               serializer=sharding, compressors=None, filters=None, dimension_names=("c", "y", "x"))
 
 
-def encode_shard(chunks: dict[tuple[int, int], bytes | memoryview], *, per_side: int) -> list[bytes | memoryview]:
+Chunk = bytes | memoryview | list[bytes]  # one chunk's bytes, possibly as parts written back to back
+
+
+def encode_shard(chunks: Mapping[tuple[int, int], Chunk], *, per_side: int) -> list[bytes | memoryview]:
     """A ``sharding_indexed`` shard as buffers to write in order: inner chunks, then the (offset, nbytes) index."""
     index = np.full((per_side, per_side, 2), _EMPTY, np.uint64)
     parts: list[bytes | memoryview] = []
     offset = 0
     for (r, c), data in sorted(chunks.items()):
-        n = memoryview(data).nbytes
+        pieces = data if isinstance(data, list) else [data]
+        n = sum(memoryview(p).nbytes for p in pieces)
         index[r, c] = (offset, n)
-        parts.append(data)
+        parts.extend(pieces)
         offset += n
     parts.append(index.astype("<u8").tobytes())
     return parts
@@ -77,7 +138,7 @@ def shard_index(raw: bytes, *, per_side: int) -> np.ndarray:
     return np.frombuffer(raw[-n:], "<u8").reshape(per_side, per_side, 2)
 
 
-def read_shard(path: Path, *, per_side: int, tile: int, compressor: Compressor) -> dict[tuple[int, int], np.ndarray]:
+def read_shard(path: Path, *, per_side: int, tile: int, codec: ChunkCodec) -> dict[tuple[int, int], np.ndarray]:
     """The chunks present in a shard file (empty when the shard was never written)."""
     try:
         raw = path.read_bytes()
@@ -89,7 +150,7 @@ def read_shard(path: Path, *, per_side: int, tile: int, compressor: Compressor) 
         for c in range(per_side):
             off, nbytes = (int(v) for v in index[r, c])
             if off != int(_EMPTY):
-                out[(r, c)] = decode_chunk(raw[off:off + nbytes], tile=tile, compressor=compressor)
+                out[(r, c)] = codec.decode(memoryview(raw)[off:off + nbytes], tile=tile)
     return out
 
 
@@ -113,23 +174,14 @@ def create_done_array(group: zarr.Group, *, block_grid: tuple[int, int]) -> zarr
                               compressors=None)
 
 
-def encode_chunk(tile_rgb: np.ndarray, *, tile: int, compressor: Compressor, clevel: int) -> bytes | memoryview:
-    """Bytes of one chunk: the tile padded to ``tile x tile`` with white, then compressed (or not)."""
-    h, w = tile_rgb.shape[:2]
+def encode_chunk(px: np.ndarray, *, tile: int, codec: ChunkCodec) -> bytes | memoryview:
+    """Bytes of one chunk: ``px`` (the chunk's valid part) padded to ``tile x tile`` with white, then encoded."""
+    h, w = px.shape[:2]
     if (h, w) != (tile, tile):
         full = np.full((tile, tile, 3), FILL, np.uint8)
-        full[:h, :w] = tile_rgb
-        tile_rgb = full
-    data = np.ascontiguousarray(tile_rgb)
-    if compressor == "none":
-        return memoryview(data).cast("B")  # no second copy: written straight from the array
-    return bytes(imagecodecs.blosc_encode(data, level=clevel, compressor=compressor, shuffle=0, typesize=1,
-                                          numthreads=1))
-
-
-def decode_chunk(raw: bytes, *, tile: int, compressor: Compressor) -> np.ndarray:
-    data = raw if compressor == "none" else imagecodecs.blosc_decode(raw)
-    return np.frombuffer(data, np.uint8).reshape(tile, tile, 3)
+        full[:h, :w] = px
+        px = full
+    return codec.encode(px)
 
 
 def write_atomic(path: Path, data: bytes | list[bytes | memoryview]) -> None:
@@ -155,15 +207,16 @@ def remove_partials(store: Path) -> int:
     return n
 
 
-def ngff_multiscales(*, name: str, shapes: tuple[tuple[int, int], ...], mpp: float | None) -> dict[str, Any]:
-    """OME-NGFF 0.5 ``ome`` attribute for the (c, y, x) pyramid; micrometre units when the MPP is known."""
+def ngff_multiscales(*, name: str, factors: list[int], mpp: float | None) -> dict[str, Any]:
+    """OME-NGFF 0.5 ``ome`` attribute for the (c, y, x) pyramid whose level ``i`` is ``factors[i]`` times coarser
+    than level "0"; micrometre units when the MPP is known."""
     base = mpp if mpp is not None else 1.0
     space: dict[str, Any] = {"type": "space"}
     if mpp is not None:
         space["unit"] = "micrometer"
     datasets = []
-    for i in range(len(shapes)):
-        f = float(2**i)  # levels are ceil-halved: the nominal power of two is the scale viewers expect
+    for i, factor in enumerate(factors):
+        f = float(factor)  # levels are ceil-halved (or rounded by the scanner): the nominal power of two
         datasets.append({"path": str(i), "coordinateTransformations": [
             {"type": "scale", "scale": [1.0, base * f, base * f]}]})
     return {

@@ -61,13 +61,15 @@ def detect_tissue(
     od_ceiling: float = 0.07,
     smooth_sigma_px: float = 1.0,
     closing_radius_px: int = 2,
+    outline: bool = True,
 ) -> TissueResult:
     """Detect tissue in ``thumbnail_rgb`` (uint8 HxWx3) whose pixels span ``downsample`` level-0 pixels each.
 
     The threshold is Otsu's on the smoothed max-channel optical density, clamped to ``[od_floor, od_ceiling]``:
     the floor keeps a blank (glass/white) slide empty, the ceiling keeps pale IHC tissue when Otsu would split
     dense from faint tissue instead of tissue from glass. ``min_area_um2``/``max_hole_um2`` apply when ``mpp``
-    (level-0 microns per pixel) is known, ``min_area_px`` (thumbnail pixels) otherwise.
+    (level-0 microns per pixel) is known, ``min_area_px`` (thumbnail pixels) otherwise. ``outline=False`` skips the
+    polygons (a third of the cost; ``mask_to_polygons(result.mask, downsample=...)`` gives them later).
     """
     if thumbnail_rgb.dtype != np.uint8 or thumbnail_rgb.ndim != 3 or thumbnail_rgb.shape[2] < 3:
         raise ValueError(f"thumbnail_rgb must be uint8 HxWx3, got {thumbnail_rgb.dtype} {thumbnail_rgb.shape}")
@@ -79,7 +81,8 @@ def detect_tissue(
         raise ValueError(f"need 0 < od_floor <= od_ceiling, got {od_floor!r}, {od_ceiling!r}")
 
     # max-channel OD is the OD of the darkest channel: one LUT lookup per pixel instead of three
-    od = _OD_LUT[thumbnail_rgb[..., :3].min(axis=2)]
+    rgb = thumbnail_rgb
+    od = _OD_LUT[np.minimum(np.minimum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])]  # min(axis=2): 40x slower
     if smooth_sigma_px > 0:
         od = ndi.gaussian_filter(od, smooth_sigma_px)
     threshold = _clamped_otsu(od, floor=od_floor, ceiling=od_ceiling)
@@ -88,9 +91,7 @@ def detect_tissue(
     if closing_radius_px > 0 and mask.any():
         # Pad so closing does not erode tissue touching the border.
         r = closing_radius_px
-        padded = np.pad(mask, r, mode="edge")
-        padded = ndi.binary_closing(padded, structure=_disk(r))
-        mask = padded[r:-r, r:-r]
+        mask = _binary_closing(np.pad(mask, r, mode="edge"), _disk(r))[r:-r, r:-r]
 
     px_area_um2 = (mpp * downsample) ** 2 if mpp is not None else None
     min_obj = max(1, round(min_area_um2 / px_area_um2)) if px_area_um2 else min_area_px
@@ -98,7 +99,7 @@ def detect_tissue(
     mask = _fill_holes(mask, max_hole_px=max_hole)
     mask = _remove_small(mask, min_px=min_obj)
 
-    polygons = mask_to_polygons(mask, downsample=downsample)
+    polygons = mask_to_polygons(mask, downsample=downsample) if outline else ()
     return TissueResult(mask=mask, polygons_level0=polygons, downsample=float(downsample), threshold=threshold)
 
 
@@ -142,16 +143,35 @@ def _disk(r: int) -> np.ndarray:
     return np.asarray(x * x + y * y <= r * r)
 
 
+def _binary_closing(mask: np.ndarray, structure: np.ndarray) -> np.ndarray:
+    """``ndi.binary_closing(mask, structure)`` (outside = False) as ORs / ANDs of shifted copies: 4x faster for a
+    small disk (the structure is symmetric, so no reflection is needed)."""
+    ry, rx = structure.shape[0] // 2, structure.shape[1] // 2
+    offsets = [(dy - ry, dx - rx) for dy, dx in zip(*np.nonzero(structure))]
+    h, w = mask.shape
+
+    def morph(a: np.ndarray, op: np.ufunc, start: bool) -> np.ndarray:
+        big = np.zeros((h + 2 * ry, w + 2 * rx), bool)
+        big[ry:ry + h, rx:rx + w] = a
+        out = np.full((h, w), start, bool)
+        for dy, dx in offsets:
+            op(out, big[ry + dy:ry + dy + h, rx + dx:rx + dx + w], out=out)
+        return out
+
+    return morph(morph(mask, np.logical_or, False), np.logical_and, True)  # dilation, then erosion
+
+
 def _fill_holes(mask: np.ndarray, *, max_hole_px: int) -> np.ndarray:
-    filled = ndi.binary_fill_holes(mask)
-    holes = filled & ~mask
-    if not holes.any():
+    """Fill background components up to ``max_hole_px`` that do not touch the border (``binary_fill_holes``'s
+    holes: 4-connected background), from one labelling of the background."""
+    background, n = ndi.label(~mask)
+    if n == 0:
         return mask
-    labels, _ = ndi.label(holes)
-    sizes = np.bincount(labels.ravel())
+    sizes = np.bincount(background.ravel(), minlength=n + 1)
     small = sizes <= max_hole_px
+    small[np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]])] = False
     small[0] = False
-    return np.asarray(mask | small[labels])
+    return np.asarray(mask | small[background])
 
 
 def _remove_small(mask: np.ndarray, *, min_px: int) -> np.ndarray:

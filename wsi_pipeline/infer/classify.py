@@ -1,8 +1,9 @@
 """Glomerulus classification core: square crops at the classification resolution -> generators -> G2C.
 
-Crops are cut the way the G2C training data were (:mod:`wsi_pipeline.train.data_stain`): a square centred on the
-glomerulus' bounding box, side ``max(width, height) * (1 + margin)`` (Bowman's capsule plus a margin), reduced to
-the classification resolution by area averaging, then resized to ``size`` (antialiased bilinear). The generators
+Crops: a square centred on the glomerulus' bounding box, side ``max(width, height) * (1 + margin)`` (Bowman's
+capsule plus a margin), reduced to the classification resolution by area averaging, then resized to ``size``
+(antialiased bilinear). :func:`wsi_pipeline.infer.crops.read_glomerulus_crops` reads them from a slide, for the slide
+job and for the G2C training data alike (:mod:`wsi_pipeline.train.data_stain`, ``source: slide``). The generators
 (PAS -> each virtual stain) run on these crops only; the multi-stain classifier sees ``[PAS, generated...]``.
 Everything here is pure: numpy/torch in, numpy out; reading the slide is the caller's job.
 

@@ -168,6 +168,18 @@ class TiffTileDecoder:
             tiled=tiled,
         )
 
+    @property
+    def copyable_jpeg(self) -> bool:
+        """Tiles are RGB JPEG streams whose plain decode *is* the level's pixels: copying :meth:`read_raw`'s bytes
+        (tables merged) with :attr:`jpeg_colorspace` as the decode hint reproduces them exactly."""
+        return self._jpeg_rgb_out and self._outcolorspace == 2 and self._colorspace in (None, 2)
+
+    @property
+    def jpeg_colorspace(self) -> str | None:
+        """What the JPEG streams hold when their markers do not say it: ``"RGB"`` (Aperio's marker-less RGB tiles)
+        or ``None`` (libjpeg's default rules: JFIF/Adobe markers, else YCbCr)."""
+        return "RGB" if self._colorspace == 2 else None
+
     # -- raw access -------------------------------------------------------------------------------
     def _file(self) -> int:
         # one descriptor per process: a forked worker must not share the parent's file offset state

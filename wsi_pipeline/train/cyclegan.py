@@ -72,7 +72,8 @@ class CycleGANTrainConfig(FrozenConfig):
     device: str = "auto"
     export: Literal["AB", "both"] = "AB"
     eval_seeds: tuple[int, ...] = (9001, 9002)  # held-out layouts for paired SSIM/PSNR (phantom targets only)
-    eval_crop: GlomerulusCropConfig = GlomerulusCropConfig()
+    # rendered, as the cards' translation errors were measured (source: slide also works, JPEG in both)
+    eval_crop: GlomerulusCropConfig = GlomerulusCropConfig(source="render")
 
     @property
     def epochs(self) -> int:

@@ -6,18 +6,28 @@ Two sources of reference patches, both returning ``(N, size, size, 3)`` uint8 st
   classification resolution. Different stains come from *different* layout seeds, so the sets are truly unpaired.
 - :func:`folder_patches`: random crops from a folder of image files (e.g. ``shared/data/kidney-stains``).
 
-Glomerulus crops (:func:`glomerulus_crops`) are cut the way the inference job cuts them: a square centred on the
-glomerulus, side ``2 * radius * (1 + margin)``, read at ``mpp`` and resized to ``size``. The PAS crop is the input;
-the other stains of the same layout are pixel-aligned, so their crops are the *true* paired targets that translation
-error is measured against.
+Glomerulus crops (:func:`glomerulus_crops`), from one of two sources:
 
->>> crops = glomerulus_crops(GlomerulusCropConfig(size=32, slide_size=4096), seeds=[1])
+- ``source="slide"`` (default, what a classifier for the slide job must see): each layout is written as JPEG Aperio
+  SVS slides (:func:`wsi_pipeline.synth.write_phantom`: the per-slide stain, blur, noise and JPEG jitter, a pyramid)
+  and the crops are read around the truth polygons with the slide job's own crop function
+  (:func:`wsi_pipeline.infer.crops.read_glomerulus_crops`): same level, JPEG artefacts, area resampling, geometry.
+- ``source="render"``: rendered directly at ``mpp`` (a point sample per output pixel, blur and noise at that
+  resolution, no JPEG): a square centred on the glomerulus, side ``2 * radius * (1 + margin)``. Sharper and noisier
+  than any slide read at ``mpp``; a classifier trained on it loses accuracy on slides. Kept for experiments that
+  alter the rendering (``style_shift``) and for the translation-error numbers measured on it.
+
+The PAS crop is the input; the other stains of the same layout are pixel-aligned, so their crops are the *true*
+paired targets that translation error is measured against.
+
+>>> crops = glomerulus_crops(GlomerulusCropConfig(size=32, slide_size=4096, source="render"), seeds=[1])
 >>> crops.images.shape[1:], crops.stains
 ((4, 32, 32, 3), ('PAS', 'HE', 'MASSON', 'PASM'))
 """
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,11 +38,15 @@ import torch
 import torch.nn.functional as F
 from numpy.typing import NDArray
 from PIL import Image
-from pydantic import Field
+from pydantic import Field, model_validator
+from shapely.geometry import Polygon
 
 from ..config import FrozenConfig
 from ..errors import ConfigError
-from ..synth import CLASSES, DYES, STAINS, StainStyle, make_layout, stain_style
+from ..infer.classify import CropSpec
+from ..infer.crops import read_glomerulus_crops
+from ..slide import open_slide
+from ..synth import CLASSES, DYES, STAINS, Layout, StainStyle, make_layout, stain_style, write_phantom
 from ..synth.render import render_regions
 
 Task = Literal["three_class", "s_vs_noa", "ss_vs_gs"]
@@ -65,6 +79,19 @@ class GlomerulusCropConfig(FrozenConfig):
     slide_size: int = Field(8192, ge=1024)  # phantom layout side (level-0 px)
     layout_mpp: float = Field(0.5, gt=0)  # phantom level-0 resolution
     style_shift: StyleShift | None = None  # render every stain in a shifted style (SST's "other institute")
+    # "slide": read from written JPEG SVS phantoms with the slide job's crop function; "render": rendered at mpp
+    source: Literal["slide", "render"] = "slide"
+
+    @model_validator(mode="after")
+    def _shift_needs_render(self) -> GlomerulusCropConfig:
+        if self.style_shift is not None and self.source != "render":
+            raise ValueError("style_shift: only source='render' can render a shifted style (slides are written "
+                             "in the phantom's own styles)")
+        return self
+
+    def spec(self) -> CropSpec:
+        """The inference job's crop settings these crops are cut with."""
+        return CropSpec(size=self.size, mpp=self.mpp, margin=self.margin)
 
 
 class PhantomPatchConfig(FrozenConfig):
@@ -119,11 +146,21 @@ def resize_square(image: NDArray[np.uint8], size: int) -> NDArray[np.uint8]:
     return out[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
-def glomerulus_crops(config: GlomerulusCropConfig, *, seeds: Sequence[int]) -> GlomerulusCrops:
-    """Render the crop of every glomerulus of the layouts ``seeds`` in every stain of ``config`` (paired)."""
+def glomerulus_crops(config: GlomerulusCropConfig, *, seeds: Sequence[int],
+                     slide_dir: str | Path | None = None) -> GlomerulusCrops:
+    """The crop of every glomerulus of the layouts ``seeds`` in every stain of ``config`` (paired).
+
+    ``source="slide"`` writes the phantom slides into ``slide_dir`` (reused when already there; a temporary folder
+    when None), see the module docstring.
+    """
     for s in config.stains:
         if s not in STAINS:
             raise ConfigError(f"stains: {s!r} is not a phantom stain ({STAINS})")
+    if config.source == "slide":
+        if slide_dir is None:
+            with tempfile.TemporaryDirectory(prefix="wsi-glomerulus-slides-") as tmp:
+                return _slide_crops(config, seeds, Path(tmp))
+        return _slide_crops(config, seeds, Path(slide_dir))
     ds = _downsample(config.mpp, config.layout_mpp)
     images, classes, seed_of = [], [], []
     for seed in seeds:
@@ -142,6 +179,47 @@ def glomerulus_crops(config: GlomerulusCropConfig, *, seeds: Sequence[int]) -> G
     if not images:
         raise ConfigError(f"seeds={list(seeds)}: no glomeruli in these layouts")
     return GlomerulusCrops(np.stack(images), np.asarray(classes, np.int64), np.asarray(seed_of, np.int64),
+                           tuple(config.stains), config)
+
+
+def phantom_slide_paths(config: GlomerulusCropConfig, seed: int, slide_dir: str | Path) -> dict[str, Path]:
+    """``{stain: .svs}`` of layout ``seed`` in ``slide_dir``, writing the stains not there yet.
+
+    A slide of one stain does not depend on the other stains written with it, so stains can be added later.
+    """
+    folder = Path(slide_dir) / f"phantom-{config.slide_size}px-{config.layout_mpp:g}mpp"
+    name = f"phantom-s{seed}"
+    paths = {s: folder / f"{name}-{s}.svs" for s in config.stains}
+    missing = tuple(s for s, p in paths.items() if not p.exists())
+    if missing:
+        write_phantom(folder, size=config.slide_size, stains=missing, seed=int(seed), mpp=config.layout_mpp,
+                      name=name)
+    return paths
+
+
+def truth_polygons(layout: Layout) -> list[Polygon]:
+    """The glomeruli outlines exactly as the truth GeoJSON stores them (level-0, rounded to 0.01 px)."""
+    return [Polygon(g.polygon()) for g in layout.glomeruli]
+
+
+def _slide_crops(config: GlomerulusCropConfig, seeds: Sequence[int], slide_dir: Path) -> GlomerulusCrops:
+    spec = config.spec()
+    images, classes, seed_of = [], [], []
+    for seed in seeds:
+        layout = make_layout(config.slide_size, seed=int(seed), mpp=config.layout_mpp)
+        if not layout.glomeruli:
+            continue
+        shapes = truth_polygons(layout)
+        per_stain = []
+        for path in phantom_slide_paths(config, int(seed), slide_dir).values():
+            with open_slide(path) as slide:
+                per_stain.append(read_glomerulus_crops(slide, shapes, spec))
+        images.append(np.stack(per_stain, axis=1))
+        classes += [CLASSES.index(g.cls) for g in layout.glomeruli]
+        seed_of += [int(seed)] * len(layout.glomeruli)
+    if not images:
+        raise ConfigError(f"seeds={list(seeds)}: no glomeruli in these layouts")
+    return GlomerulusCrops(np.concatenate(images), np.asarray(classes, np.int64), np.asarray(seed_of, np.int64),
                            tuple(config.stains), config)
 
 
@@ -225,4 +303,5 @@ def to_uint8(tensor: torch.Tensor, *, signed: bool = False) -> NDArray[np.uint8]
 
 
 __all__ = ["GlomerulusCropConfig", "GlomerulusCrops", "PhantomPatchConfig", "StyleShift", "TASK_CLASSES", "Task",
-           "folder_patches", "glomerulus_crops", "phantom_patches", "resize_square", "to_tensor", "to_uint8"]
+           "folder_patches", "glomerulus_crops", "phantom_patches", "phantom_slide_paths", "resize_square", "to_tensor",
+           "to_uint8", "truth_polygons"]

@@ -11,7 +11,9 @@ the inference job needs, p_noa/p_ss/p_gs). A three-class model is also scored on
 ``p_ss + p_gs`` vs ``p_noa``, ss-vs-gs on true sclerotic glomeruli it called sclerotic (the paper's "correctly
 classified abnormal patches"), by ``p_ss`` vs ``p_gs``.
 
-Data are phantom glomerulus crops (:mod:`.data_stain`): training and test layouts are different seeds.
+Data are phantom glomerulus crops (:mod:`.data_stain`): training and test layouts are different seeds. With
+``crop.source: slide`` (the default) each layout is written as JPEG SVS slides and the crops are read around the
+truth polygons with the slide job's own crop function, so the classifier trains on what it will classify.
 """
 
 from __future__ import annotations
@@ -177,15 +179,20 @@ def build_model(config: G2CTrainConfig) -> tuple[G2C, G2CConfig, dict[str, str]]
 
 
 def load_crops(config: G2CTrainConfig, run_dir: Path, which: Literal["train", "test"]) -> GlomerulusCrops:
-    """Render (or read the cached) crops of the training or held-out layouts."""
+    """Read (or load the cached) crops of the training or held-out layouts.
+
+    Training needs only the PAS input; the held-out crops also carry the paired stains (translation error).
+    Phantom slides (``crop.source: slide``) are written once into ``<cache>/phantom-slides`` and reused.
+    """
     first, n = config.train_seeds if which == "train" else config.test_seeds
     seeds = list(range(first, first + n))
+    crop = config.crop if which == "test" else config.crop.model_copy(update={"stains": config.crop.stains[:1]})
     cache = Path(config.cache_dir) if config.cache_dir else run_dir
-    path = cache / f"crops-{config.crop.digest()[:12]}-{first}-{n}.npz"
+    path = cache / f"crops-{crop.digest()[:12]}-{first}-{n}.npz"
     if path.exists():
         with np.load(path) as z:
-            return GlomerulusCrops(z["images"], z["classes"], z["seeds"], tuple(config.crop.stains), config.crop)
-    crops = glomerulus_crops(config.crop, seeds=seeds)
+            return GlomerulusCrops(z["images"], z["classes"], z["seeds"], tuple(crop.stains), crop)
+    crops = glomerulus_crops(crop, seeds=seeds, slide_dir=cache / "phantom-slides")
     cache.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
     np.savez(tmp, images=crops.images, classes=crops.classes, seeds=crops.seeds)

@@ -42,7 +42,7 @@ DEFAULT_SHIFT = StyleShift(strength=(1.8, 1.0, 0.55, 1.0, 1.0, 1.0, 1.0, 1.0), g
 class SSTTrainConfig(FrozenConfig):
     """SST run: downstream classifier, SST generator + conditional discriminator, and the comparison."""
 
-    crop: GlomerulusCropConfig = GlomerulusCropConfig(stains=("PAS",))
+    crop: GlomerulusCropConfig = GlomerulusCropConfig(stains=("PAS",), source="render")  # style_shift renders
     shift: StyleShift = DEFAULT_SHIFT
     train_seeds: tuple[int, int] = (1000, 20)
     test_seeds: tuple[int, int] = (5000, 10)
