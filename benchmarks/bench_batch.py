@@ -7,7 +7,7 @@
 processes x T threads per slide) processes the whole folder cold (fresh output folder, fresh cluster) with the
 default job (shipped weights, ``--task full``) through :func:`workflows.batch.run_batch`, exactly as
 ``wsi-pipeline run`` does. Measured: batch wall time (cluster start excluded, reported apart), slides/hour, peak
-RSS of every worker process (its kernel high-water mark, ``ru_maxrss``, read on the worker after the batch), the
+RSS of every worker process (its kernel high-water mark, ``VmHWM``, read on the worker after the batch), the
 client's peak RSS, and the host load average sampled every 5 s (other processes share the CPUs). With
 ``--repeat N`` the layouts run interleaved N times (A B C A B C ...) and the table shows each layout's best run
 (least disturbed by the other load) next to all its wall times. The speed-up is the first layout's wall time over
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import statistics
 import threading
@@ -27,10 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-
-def _peak_rss_mb() -> float:
-    """This process's peak resident set size (Linux: ``ru_maxrss`` is in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from .common import peak_rss_mib
 
 
 def make_folder(out: Path, *, slides: int, size: int, distinct: int, seed: int) -> Path:
@@ -93,7 +89,7 @@ def run_layout(folder: Path, out: Path, *, workers: int, threads: int, task: str
         entries = run_batch(slides, out, client=cluster.client, config=JobConfig(), task=task,
                             notes=[cluster.description])
         wall = time.perf_counter() - started
-        worker_rss = cluster.client.run(_peak_rss_mb)
+        worker_rss = cluster.client.run(peak_rss_mib)
     statuses = sorted({e["status"] for e in entries})
     stage_s: dict[str, list[float]] = {}
     for e in entries:
@@ -102,8 +98,8 @@ def run_layout(folder: Path, out: Path, *, workers: int, threads: int, task: str
     return {"layout": f"{workers}x{threads}", "workers": workers, "threads_per_worker": threads,
             "slides": len(slides), "statuses": statuses, "cluster_start_s": round(started - t0, 2),
             "wall_s": round(wall, 2), "slides_per_hour": round(len(slides) * 3600 / wall, 1),
-            "worker_peak_rss_mb": {a: round(v) for a, v in sorted(worker_rss.items())},
-            "client_peak_rss_mb": round(_peak_rss_mb()),
+            "workerpeak_rss_mib": {a: round(v) for a, v in sorted(worker_rss.items())},
+            "clientpeak_rss_mib": round(peak_rss_mib()),
             "load_avg_1m": {"min": min(load.samples), "mean": round(statistics.mean(load.samples), 2),
                             "max": max(load.samples)},
             "median_stage_s": {k: round(statistics.median(v), 2) for k, v in stage_s.items()},
@@ -131,11 +127,11 @@ def markdown(results: dict[str, Any]) -> str:
              + " | peak RSS per worker (MB) | client RSS (MB) | cluster start s | load avg (min/mean/max) | statuses |",
              "|---|---:|---|---:|---:|---|---:|---:|---|---|"]
     for r in rows:
-        rss = ", ".join(str(v) for v in r["worker_peak_rss_mb"].values())
+        rss = ", ".join(str(v) for v in r["workerpeak_rss_mib"].values())
         load = r["load_avg_1m"]
         runs = ", ".join(f"{w:.0f}" for w in r["all_wall_s"])
         lines.append(f"| {r['layout']} | {r['wall_s']:.0f} | {runs} | {r['slides_per_hour']:.0f} | {base / r['wall_s']:.2f} "
-                     f"| {rss} | {r['client_peak_rss_mb']} | {r['cluster_start_s']:.1f} "
+                     f"| {rss} | {r['clientpeak_rss_mib']} | {r['cluster_start_s']:.1f} "
                      f"| {load['min']:.1f} / {load['mean']:.1f} / {load['max']:.1f} | {', '.join(r['statuses'])} |")
     lines += ["", "Median stage seconds per slide:", ""]
     stages = list(rows[0]["median_stage_s"])

@@ -3,7 +3,7 @@
     python -m benchmarks.bench_pipeline --out bench-out/pipeline [--sizes 2048,3072,4096] [--workers 1]
 
 Phantom PAS slides (0.5 um/px) are generated once and cached in ``--out/slides``. Every job runs in a fresh
-subprocess (peak RSS = its ``ru_maxrss``; nothing warm is shared between sizes). Then, on the largest slide,
+subprocess (peak RSS = its own high-water mark, ``VmHWM``; nothing warm is shared between sizes). Then, on the largest slide,
 the overhead of the pipeline over the bare model forward on the same batches:
 
 * segmenter and whole-slide generator (tiled inference): the model calls inside the stage are timed, so forward
@@ -25,12 +25,13 @@ import functools
 import json
 import multiprocessing as mp
 import os
-import resource
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .common import peak_rss_mib
 
 SHIPPED_ARCH = {  # the shipped recipes' architectures (configs/train-*.yaml), for stand-ins with random weights
     "g2c": ("g2c", {"stains": ["HE", "MASSON", "PASM"], "generator": {"ngf": 16, "n_blocks": 6},
@@ -68,7 +69,7 @@ def _job(queue: Any, slide: str, out: str, config: dict[str, Any], task: str, wo
     from workflows.slide_job import run_slide
 
     entry = run_slide(slide, out, config=JobConfig.from_dict(config), task=task, workers=workers)
-    entry["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    entry["peak_rss_mb"] = peak_rss_mib()
     queue.put(entry)
 
 

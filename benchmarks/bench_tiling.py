@@ -5,7 +5,7 @@
 
 Slides are generated once and cached in ``--out/slides``: a phantom (``wsi_pipeline.synth``) and square slides
 built from the real PAS patch (mirrored into a seamless texture, cut to the phantom's biopsy-core outline, glass
-elsewhere). Every measurement runs in a fresh subprocess (peak RSS = its ``ru_maxrss``) over the same pixels:
+elsewhere). Every measurement runs in a fresh subprocess (peak RSS = its own high-water mark, ``VmHWM``) over the same pixels:
 the level-0 chunks the tissue detector selects. Results: ``results.json`` and ``results.md``.
 """
 
@@ -25,14 +25,21 @@ from typing import Any
 
 import numpy as np
 
+from .common import peak_rss_mib
+
 PAS = Path(__file__).resolve().parents[2] / "shared" / "data" / "kidney-stains" / "orig_patch_stain_02.png"
 MPP = 0.25
+SCANNER_MPP = 0.2528  # an Aperio AT2 at 40x
 
 
 # -- slide generation (cached) ------------------------------------------------------------------------------
-def pas_slide(out: Path, size: int) -> Path:
-    """A ``size``-square Aperio SVS: real PAS texture inside the phantom's core outline, glass outside."""
-    path = out / f"pas-{size}.svs"
+def pas_slide(out: Path, size: int, *, mpp: float = MPP, level_step: int = 2) -> Path:
+    """A ``size``-square Aperio SVS: real PAS texture inside the phantom's core outline, glass outside.
+
+    ``mpp=SCANNER_MPP, level_step=4`` is laid out as a 40x Aperio scanner writes it (1x, 4x, 16x levels, an MPP
+    that is not round).
+    """
+    path = out / (f"pas-{size}.svs" if (mpp, level_step) == (MPP, 2) else f"pas-{size}-{mpp:g}um-{level_step}x.svs")
     if path.exists():
         return path
     from PIL import Image
@@ -57,7 +64,8 @@ def pas_slide(out: Path, size: int) -> Path:
         img[~inside[oy:oy + h, ox:ox + w]] = (244, 243, 245)
         return img
 
-    return write_pyramidal_tiff(path, region, size=(size, size), mpp=MPP, tile=256, quality=90, progress=True)
+    return write_pyramidal_tiff(path, region, size=(size, size), mpp=mpp, tile=256, quality=90, progress=True,
+                                level_step=level_step)
 
 
 def phantom_slide(out: Path, size: int) -> Path:
@@ -80,10 +88,12 @@ def _work(slide_path: Path, tile: int, mpp: float | None) -> dict[str, Any]:
 
     cfg = TileConfig(tile=tile, mpp=mpp)
     with open_slide(slide_path) as slide:
-        plan = plan_tiling(slide.level_dimensions, slide.level_downsamples, MPP, target_mpp=mpp, tile=tile,
-                           task_px=cfg.task_px)
+        assert slide.mpp is not None, f"{slide_path}: no MPP"
+        mpp0 = (slide.mpp[0] + slide.mpp[1]) / 2
+        plan = plan_tiling(slide.level_dimensions, slide.level_downsamples, mpp0, target_mpp=mpp, tile=tile,
+                           task_px=cfg.task_px, mpp_rtol=cfg.mpp_tolerance)
         t0 = time.perf_counter()
-        tissue, ds = _detect(slide, config=cfg, mpp0=MPP)
+        tissue, ds = _detect(slide, config=cfg, mpp0=mpp0)
         detect_s = time.perf_counter() - t0
     cmap = chunk_tissue_map(tissue.mask, mask_downsample=ds, plan=plan)
     lw, lh = plan.level_size
@@ -186,10 +196,8 @@ def measure(kind: str, slide_path: Path, *, tile: int, workers: int, scratch: Pa
     else:
         raise ValueError(f"kind={kind!r}")
     extra["cpu_s"] = _cpu_seconds() - cpu0  # user + system, all threads (less load-sensitive than wall time)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
-    rss_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return {"kind": kind, "slide": slide_path.name, "mpp": mpp, "mpix": pixels / 1e6, "seconds": seconds,
-            "mpix_per_s": pixels / 1e6 / seconds, "peak_rss_mib": max(rss, rss_children),
+            "mpix_per_s": pixels / 1e6 / seconds, "peak_rss_mib": peak_rss_mib(),
             "load_avg_1min": os.getloadavg()[0], **extra}
 
 
@@ -233,7 +241,7 @@ def _best_of(kinds: list[str], slide: Path, args: argparse.Namespace, *, mpp: fl
 
 
 METHODOLOGY = (
-    "Each measurement runs in a fresh subprocess (peak RSS = its ru_maxrss; imports, slide opening and the tissue "
+    "Each measurement runs in a fresh subprocess (peak RSS = its own high-water mark, VmHWM; imports, slide opening and the tissue "
     "detection that defines the work are untimed set-up, except that the tiling kinds time the whole tile_slide "
     "call, tissue detection and store creation included). All kinds process the same pixels: the source-level "
     "boxes of the tissue chunks. floor = read + decode every stored tile those boxes touch (imagecodecs, into a "
@@ -263,6 +271,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--mpp", default="2.0,1.5",
                     help="target MPPs of the extra 'coarser resolution' rows, comma-separated ('' to skip): on the "
                          "0.25 um/px slides 2.0 copies pyramid level 3 exactly, 1.5 resamples level 2 by 1.5")
+    ap.add_argument("--scanner-size", type=int, default=20000,
+                    help=f"a PAS slide laid out as a 40x scanner writes it ({SCANNER_MPP} um/px, 4x levels), "
+                         "tiled at --scanner-mpp (0 to skip)")
+    ap.add_argument("--scanner-mpp", default="2.0,1.0",
+                    help="on the scanner-like slide 2.0 reduces the 4x level by 2 (2.02 um/px), 1.0 copies it")
     ap.add_argument("--processes", action="store_true", help="also time tiling on a distributed process cluster")
     ap.add_argument("--store-dir", type=Path, default=None,
                     help="where the measured zarr stores go (default OUT/scratch; /dev/shm isolates disk writes)")
@@ -300,6 +313,13 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{label} at {mpp} um/px: {slide}", flush=True)
             results["resampled"].append({"label": label, "mpp": mpp,
                                          **_best_of(["floor", "tile", "openslide"], slide, args, mpp=mpp,
+                                                    reps=args.reps)})
+    if args.scanner_size:
+        scanner = pas_slide(slides_dir, args.scanner_size, mpp=SCANNER_MPP, level_step=4)
+        for mpp in [float(m) for m in args.scanner_mpp.split(",") if m]:
+            print(f"scanner-like PAS at {mpp} um/px: {scanner}", flush=True)
+            results["resampled"].append({"label": "scanner-like PAS", "mpp": mpp,
+                                         **_best_of(["floor", "tile", "openslide"], scanner, args, mpp=mpp,
                                                     reps=args.reps)})
     for size in sizes:
         slide = pas_slide(slides_dir, size)

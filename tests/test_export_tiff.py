@@ -138,6 +138,23 @@ def test_lossless_flavor_is_exact_at_every_level(tmp_path: Path) -> None:
     assert [p.shape[:2] for p in pages] == [(211, 300), (106, 150), (53, 75), (27, 38)]
 
 
+def test_four_x_levels_as_aperio_scanners_write_them(tmp_path: Path) -> None:
+    """``level_step=4``: levels 1x, 4x, 16x (each the 2x reduction applied twice), read by openslide as aperio."""
+    path = write_pyramidal_tiff(tmp_path / "p.tif", pattern, size=(300, 211), mpp=None, tile=64,
+                                compression="zlib", flavor="tiff", min_level_size=20, level_step=4)
+    with tifffile.TiffFile(path) as tif:
+        pages = [p.asarray() for p in tif.pages]
+    assert [p.shape[:2] for p in pages] == [(211, 300), (53, 75), (14, 19)]
+    assert np.array_equal(pages[1], downsample2(downsample2(pattern(0, 0, 300, 211))))
+    assert np.array_equal(pages[2], downsample2(downsample2(pages[1])))
+    svs = write_pyramidal_tiff(tmp_path / "p.svs", pattern, size=SIZE, mpp=0.2528, tile=128, min_level_size=40,
+                               level_step=4)
+    with openslide.OpenSlide(svs) as osr:
+        assert osr.properties["openslide.vendor"] == "aperio"
+        assert osr.level_dimensions == ((1000, 777), (250, 195), (63, 49), (16, 13))
+        assert [round(d) for d in osr.level_downsamples] == [1, 4, 16, 61]
+
+
 def test_failing_region_leaves_no_file_and_keeps_the_old_one(tmp_path: Path) -> None:
     target = tmp_path / "slide.svs"
     write_pyramidal_tiff(target, pattern, size=(256, 256), mpp=0.5, tile=64)
@@ -167,6 +184,7 @@ def test_region_with_wrong_shape_is_an_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize("kwargs, name", [
     ({"tile": 100}, "tile=100"), ({"flavor": "ndpi"}, "flavor='ndpi'"), ({"quality": 0}, "quality=0"),
     ({"compression": "webp2"}, "compression='webp2'"), ({"mpp": -1.0}, "mpp=-1.0"), ({"size": (0, 10)}, "size="),
+    ({"level_step": 3}, "level_step=3"),
 ])
 def test_bad_arguments_name_the_parameter(tmp_path: Path, kwargs: dict[str, object], name: str) -> None:
     args: dict[str, object] = {"size": (64, 64), "mpp": 0.5, **kwargs}

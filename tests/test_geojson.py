@@ -15,6 +15,7 @@ from wsi_pipeline.annotations import (
     annotations_from_polygons,
     class_color,
     mask_to_polygons,
+    qupath_problems,
     read_geojson,
     write_geojson,
 )
@@ -91,6 +92,23 @@ def test_snapping_keeps_near_degenerate_shapes_valid(tmp_path: Path) -> None:
         g = shapely.geometry.shape(f["geometry"])
         assert f["geometry"]["type"] in ("Polygon", "MultiPolygon")
         assert g.is_valid and shapely.set_precision(g, 0.01).is_valid
+    assert qupath_problems(load(path)) == []
+
+
+def test_qupath_conformance_check_names_each_breach(tmp_path: Path) -> None:
+    path = write_geojson(tmp_path / "g.geojson", annotations_from_polygons(
+        [RING, shapely.box(0, 0, 5, 5), shapely.box(9, 9, 19, 19)], classes=["Glomerulus: Global sclerosis"] * 3))
+    data = load(path)
+    assert qupath_problems(data) == []
+    f0, f1, f2 = data["features"]
+    f0["id"] = "glom-1"
+    del f1["properties"]["classification"]["color"]
+    f2["geometry"]["coordinates"][0][1][0] += 0.004  # off the 0.01 grid
+    problems = qupath_problems(data)
+    assert len(problems) == 3
+    assert problems[0].startswith("feature 0: id 'glom-1'") and problems[1].startswith("feature 1: classification")
+    assert "0.01 px grid" in problems[2]
+    assert qupath_problems([f0]) == ["not a FeatureCollection with a 'features' array"]
 
 
 def test_degenerate_geometry_and_bad_ids_raise(tmp_path: Path) -> None:

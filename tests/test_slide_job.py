@@ -280,3 +280,37 @@ def test_demo_evaluation_scores_detection_and_classes(work: dict, tmp_path: Path
     assert (scores["tp"], scores["fp"], scores["fn"]) == (N_GLOMERULI, 1, 0)
     assert scores["f1"] == pytest.approx(2 * 6 / 13)
     assert scores["classified"] == N_GLOMERULI and scores["class_accuracy"] == pytest.approx(5 / 6)
+
+
+def test_bench_accuracy_scores_the_job_against_the_truth(work: dict, tmp_path: Path) -> None:
+    """`wsi-pipeline bench accuracy` runs the job on (cached) phantom slides and pools detection and class scores."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from benchmarks.bench_accuracy import class_scores, parse_seeds
+    from workflows.cli import cli
+    from workflows.cmd_demo import evaluate
+
+    assert parse_seeds("31-33,40") == [31, 32, 33, 40]
+    scores = class_scores([("noa", "noa"), ("ss", "noa"), ("ss", "ss"), ("gs", "gs")])
+    assert scores["confusion"]["ss"] == {"noa": 1, "ss": 1, "gs": 0}
+    assert scores["balanced_accuracy"] == pytest.approx((1 + 0.5 + 1) / 3)
+    assert scores["s_vs_noa_balanced_accuracy"] == pytest.approx((1 + 2 / 3) / 2)
+
+    cache = tmp_path / "bench" / "slides" / "2048"
+    cache.mkdir(parents=True)
+    for f in (work["slide"], work["phantom"].truth_geojson):
+        shutil.copy(f, cache / f.name)
+    cfg = work["root"] / "models" / "job.yaml"
+    result = CliRunner().invoke(cli, ["bench", "accuracy", "--out", str(tmp_path / "bench"), "--seeds", "3",
+                                      "--size", "2048", "--config", str(cfg)])
+    assert result.exit_code == 0, result.output
+    res = json.loads((tmp_path / "bench" / "results.json").read_text())
+    direct = evaluate(tmp_path / "bench" / "jobs" / slide_stem(work["slide"]) / "glomeruli.geojson",
+                      work["phantom"].truth_geojson)
+    pooled = res["pooled"]
+    assert pooled["tp"] + pooled["fn"] == N_GLOMERULI and pooled["qupath_problems"] == 0
+    assert (pooled["tp"], pooled["fp"], pooled["f1"]) == (direct["tp"], direct["fp"], pytest.approx(direct["f1"]))
+    assert sum(sum(row.values()) for row in res["classes"]["confusion"].values()) == direct["classified"]
+    assert "Pooled detection" in (tmp_path / "bench" / "results.md").read_text()

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -88,6 +89,66 @@ def test_area_resample_chunks_agree_with_whole_image() -> None:
                            src_limit=(96, 130))
     ref = src[:96, :130].reshape(48, 2, 65, 2, 3).mean(axis=(1, 3))
     assert np.abs(blocks - ref).max() <= 0.5 + 1e-6
+
+
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_whole_factor_fast_path_is_the_area_mean(k: int) -> None:
+    """A whole scale on the k grid takes the block-mean path: the general area resampling's numbers (within the
+    rounding of .5), and a window of it equals the whole image's pixels, edge boxes cut by the level included."""
+    rng = np.random.default_rng(k)
+    src = rng.integers(0, 256, (97, 131, 3), dtype=np.uint8)
+    shape = (-(-97 // k), -(-131 // k))
+    fast = area_resample(src, src_origin=(0, 0), out_origin=(0, 0), out_shape=shape, scale=float(k),
+                         src_limit=(97, 131))
+    slow = area_resample(src, src_origin=(0, 0), out_origin=(0, 0), out_shape=shape, scale=k * (1 + 1e-12),
+                         src_limit=(97, 131))  # not a whole number: the general path
+    assert fast.shape == slow.shape == (*shape, 3) and np.abs(fast.astype(int) - slow).max() <= 1
+    assert fast[-1, -1].tolist() == np.round(src[(shape[0] - 1) * k:, (shape[1] - 1) * k:].reshape(-1, 3).mean(0)
+                                              + 1e-9).astype(int).tolist()  # the corner box cut on both sides
+    oy, ox, h, w = 5, 7, shape[0] - 5, 9
+    part = area_resample(src[oy * k:, ox * k:(ox + w) * k], src_origin=(oy * k, ox * k), out_origin=(oy, ox),
+                         out_shape=(h, w), scale=float(k), src_limit=(97, 131))
+    assert np.array_equal(part, fast[oy:oy + h, ox:ox + w])
+
+
+def test_scanner_mpp_within_tolerance_copies_or_reduces_a_level() -> None:
+    """Real scanners' MPPs are not round: within mpp_tolerance a level is copied or reduced by a whole factor."""
+    dims, ds = [(40000, 30000), (10000, 7500), (2500, 1875)], [1.0, 4.0, 16.0]
+    at2 = 0.2528  # an Aperio AT2 at 40x
+    p = plan_tiling(dims, ds, at2, target_mpp=2.0, tile=512, task_px=2048, mpp_rtol=0.05)
+    assert (p.level, p.scale, p.width, p.height) == (1, 2.0, 5000, 3750)
+    p = plan_tiling(dims, ds, at2, target_mpp=1.0, tile=512, task_px=2048, mpp_rtol=0.05)
+    assert (p.level, p.scale, p.resampled) == (1, 1.0, False)  # level 1 itself (1.011 um/px)
+    strict = plan_tiling(dims, ds, at2, target_mpp=1.0, tile=512, task_px=2048, mpp_rtol=0.0)
+    assert strict.level == 0 and strict.scale == pytest.approx(1.0 / at2)  # 16x the pixels, fractional scale
+    assert plan_tiling(dims, ds, 0.25, target_mpp=1.5, tile=512, task_px=2048, mpp_rtol=0.05).scale == 1.5
+    with pytest.raises(ValueError, match="mpp_rtol"):
+        plan_tiling(dims, ds, 0.25, target_mpp=2.0, tile=512, task_px=2048, mpp_rtol=0.7)
+
+
+def test_tiling_a_scanner_mpp_reduces_the_nearest_level(slide_path: Path, tmp_path: Path) -> None:
+    """From a 0.2528 um/px scan (levels x1, x2, x4, x8): 2.0 um/px is level 3 (x7.97) as it is, 4.0 um/px is level 3
+    reduced 2x; each store records the MPP it really has. Without the tolerance both resample a finer level."""
+    def tile(name: str, mpp: float, tol: float = 0.05) -> Any:
+        return tile_slide(slide_path, tmp_path / name, config=TileConfig(mpp=mpp, tile=64, task_px=256,
+                                                                         mpp_tolerance=tol),
+                          mpp_override=0.2528, progress=False)
+
+    with open_slide(slide_path) as slide:
+        level3 = slide.read_region((0, 0), 3, slide.level_dimensions[3])
+        ds = slide.level_downsamples
+    same, half = tile("a.zarr", 2.0), tile("b.zarr", 4.0)
+    assert (same.level, same.scale, half.level, half.scale) == (3, 1.0, 3, 2.0)
+    assert same.mpp == pytest.approx(0.2528 * ds[3]) and half.mpp == pytest.approx(0.2528 * ds[3] * 2)
+    assert read_store_info(tmp_path / "b.zarr")["geometry"]["mpp"] == pytest.approx(half.mpp)
+    # chunks from (1, 1) on are all tissue
+    assert np.array_equal(_rgb(zarr.open_group(tmp_path / "a.zarr", mode="r")["0"], 64, 64, 223 - 64, 294 - 64),
+                          level3[64:, 64:])
+    expect = reduce2(level3)[64:half.shape[0], 64:half.shape[1]]
+    assert np.array_equal(_rgb(zarr.open_group(tmp_path / "b.zarr", mode="r")["0"], 64, 64, *expect.shape[:2]),
+                          expect)
+    strict = tile("s.zarr", 2.0, tol=0.0)
+    assert strict.level == 2 and strict.scale == pytest.approx(2.0 / 0.2528 / ds[2])
 
 
 @pytest.mark.parametrize("tile", [128, 200])  # aligned with the 256-px stored tiles, and not
@@ -275,7 +336,8 @@ def test_cli_tile(slide_path: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("compressor", ["lz4", "zstd"])
 def test_compressed_chunks_read_back_through_zarr(slide_path: Path, tmp_path: Path, compressor: str) -> None:
-    plain = tile_slide(slide_path, tmp_path / "n.zarr", config=TileConfig(tile=256, mpp=1.0), progress=False)
+    plain = tile_slide(slide_path, tmp_path / "n.zarr", config=TileConfig(tile=256, mpp=1.0, compressor="none"),
+                       progress=False)
     packed = tile_slide(slide_path, tmp_path / "c.zarr", config=TileConfig(tile=256, mpp=1.0, compressor=compressor),
                         progress=False)
     assert packed.chunks_written == plain.chunks_written > 0
@@ -313,8 +375,13 @@ def test_cli_bench_tiling(tmp_path: Path) -> None:
     assert "--phantom-size" in shown.output and "--sizes" in shown.output
     out = tmp_path / "bench"
     result = CliRunner().invoke(cli, ["bench", "tiling", "--out", str(out), "--phantom-size", "0", "--compare-size",
-                                      "0", "--mpp", "", "--sizes", "3000", "--scaling-reps", "1"])
+                                      "0", "--mpp", "", "--sizes", "3000", "--scaling-reps", "1", "--reps", "1",
+                                      "--scanner-size", "3000", "--scanner-mpp", "2.0"])
     assert result.exit_code == 0, result.output
-    row = __import__("json").loads((out / "results.json").read_text())["scaling"][0]
+    res = __import__("json").loads((out / "results.json").read_text())
+    row = res["scaling"][0]
     assert row["size"] == 3000 and row["tile"]["copied"] and row["tile_over_floor"] > 0
+    assert 30 < row["tile"]["peak_rss_mib"] < 2000  # the measuring process's own high-water mark
+    scanner = res["resampled"][0]["tile"]  # 0.2528 um/px, 4x levels: level 1 reduced 2x
+    assert (scanner["level"], scanner["scale"]) == (1, 2.0)
     assert "| 3000 |" in (out / "results.md").read_text()

@@ -19,6 +19,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "tiling": ("benchmarks.bench_tiling", "Tiling vs the JPEG-decode floor vs an openslide read_region loop."),
     "models": ("benchmarks.bench_models", "Model throughput (CPU / GPU)."),
     "pipeline": ("benchmarks.bench_pipeline", "End-to-end slide job on synthetic slides."),
+    "accuracy": ("benchmarks.bench_accuracy", "The slide job on held-out phantom slides, scored against the truth GeoJSON."),
     "batch": ("benchmarks.bench_batch", "A folder of phantom slides through 1 vs 2 worker processes (slides/hour, RSS)."),
 }
 

@@ -20,6 +20,8 @@ import click
 def evaluate(pred_geojson: Path, truth_geojson: Path, *, iou_threshold: float = 0.5) -> dict[str, Any]:
     """Detection F1 / precision / recall at ``iou_threshold`` and the class accuracy of matched pairs.
 
+    ``class_pairs`` lists ``(truth code, predicted code)`` of every matched, classified glomerulus.
+
     A predicted class is the largest of its ``p_<code>`` measurements; the truth's is the code after ``": "`` in
     its class name (``"Glomerulus: gs"``).
     """
@@ -38,17 +40,17 @@ def evaluate(pred_geojson: Path, truth_geojson: Path, *, iou_threshold: float = 
             inter = g.intersection(tg[best]).area
             if inter / (g.area + tg[best].area - inter) >= iou_threshold:
                 pairs.append((i, best))
-    correct = classified = 0
+    classes: list[tuple[str, str]] = []  # (truth code, predicted code) of each matched, classified glomerulus
     for i, j in pairs:
         probs = {k[2:]: v for k, v in (pred[i]["properties"].get("measurements") or {}).items() if k.startswith("p_")}
         if not probs:
             continue
-        classified += 1
         truth_code = str(truth[j]["properties"]["classification"]["name"]).split(": ")[-1]
-        correct += max(probs, key=probs.__getitem__) == truth_code
+        classes.append((truth_code, max(probs, key=probs.__getitem__)))
+    correct = sum(t == p for t, p in classes)
     return {"f1": scores.f1, "precision": scores.precision, "recall": scores.recall, "tp": scores.tp,
-            "fp": scores.fp, "fn": scores.fn, "mean_iou": scores.mean_iou, "classified": classified,
-            "class_accuracy": correct / classified if classified else None}
+            "fp": scores.fp, "fn": scores.fn, "mean_iou": scores.mean_iou, "classified": len(classes),
+            "class_accuracy": correct / len(classes) if classes else None, "class_pairs": classes}
 
 
 def _missing_weights() -> dict[str, str]:

@@ -37,6 +37,7 @@ class TileSection(FrozenConfig):
 
     tile: int = Field(512, ge=64, le=8192)
     task_px: int = Field(2048, ge=64)
+    mpp_tolerance: float = Field(0.05, ge=0, lt=0.5)  # TileConfig.mpp_tolerance: copy / whole-factor reduce
     thumbnail_px: int = Field(1024, ge=64)
     min_tissue_um2: float = Field(20_000.0, ge=0)
     pyramid: bool = True

@@ -30,7 +30,7 @@ import os
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -166,15 +166,15 @@ class _SlideJob:
     # -- the job -----------------------------------------------------------------------------------------------
     def run(self) -> None:
         with self.open() as slide:  # fail fast (and cheaply) on unreadable files, before any work
-            dims, bounds, mpp = slide.dimensions, slide.bounds, slide.mpp
+            dims, bounds, slide_mpp = slide.dimensions, slide.bounds, slide.mpp
             source = {"path": str(self.path.resolve()), "size": self.path.stat().st_size,
                       "mtime": self.path.stat().st_mtime_ns, "mpp_override": self.mpp_override}
         self.offset = ops.qupath_offset(bounds)
         self.counts["level0_size"] = list(dims)
         self.source = source
-        if mpp is None:
+        if slide_mpp is None:
             raise SlideError(self.path, "no microns-per-pixel in the file; pass --mpp-override UM")
-        self.mpp0 = mpp
+        self.mpp0 = slide_mpp
         if self.task == "classify":
             self.run_classify_file()
             return
@@ -219,7 +219,7 @@ class _SlideJob:
     def tile(self, mpp: float) -> str:
         t = self.config.tile
         tcfg = TileConfig(mpp=mpp, tile=t.tile, task_px=t.task_px, thumbnail_px=t.thumbnail_px,
-                          min_tissue_um2=t.min_tissue_um2, pyramid=t.pyramid)
+                          min_tissue_um2=t.min_tissue_um2, pyramid=t.pyramid, mpp_tolerance=t.mpp_tolerance)
         digest = digest_of("tile", tcfg.to_dict(), self.source)
 
         def body() -> tuple[list[Path], dict[str, Any]]:
@@ -272,7 +272,7 @@ class _SlideJob:
     def apply_class(annotation: Annotation, result: dict[str, Any]) -> Annotation:
         return annotation.classified(result["name"], measurements=result["measurements"])
 
-    def export(self, annotations: list[Annotation | dict[str, Any]],
+    def export(self, annotations: Sequence[Annotation | dict[str, Any]],
                models: dict[str, str]) -> tuple[list[Path], dict[str, Any]]:
         geojson, overlay = self.slide_dir / "glomeruli.geojson", self.slide_dir / "overlay.png"
         with self.open() as slide:

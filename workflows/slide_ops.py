@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import zarr
@@ -193,7 +193,7 @@ def segment(store: Path, settings: SegSettings, *, tissue: NDArray[np.bool_], de
     out = predict_zarr(src, group, predictor_factory=factory, config=settings.inference, out_channels=1,
                        name="seg", chunk_mask=tissue, scheduler=scheduler)
     out.attrs["weights_sha256"] = settings.weights.sha256
-    return int(out.attrs["chunks_written"])
+    return int(cast(int, out.attrs["chunks_written"]))  # zarr types attrs as any JSON value
 
 
 def polygons(store: Path, settings: SegSettings, geometry: StoreGeometry, *, mpp0: tuple[float, float],

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Union
+from typing import Union, cast
 
 import numpy as np
 import shapely
@@ -74,7 +74,8 @@ def render_overlay(
     thumb = np.asarray(thumbnail_rgb)
     if thumb.ndim != 3 or thumb.shape[2] not in (3, 4) or thumb.dtype != np.uint8:
         raise ValueError(f"thumbnail_rgb: expected uint8 HxWx3, got {thumb.dtype} {thumb.shape}")
-    dx, dy = (downsample, downsample) if np.isscalar(downsample) else downsample  # type: ignore[misc]
+    # np.isscalar does not narrow the union for mypy: one number or an (x, y) pair both give two floats
+    dx, dy = cast("tuple[float, float]", (downsample, downsample) if np.isscalar(downsample) else downsample)
     if dx <= 0 or dy <= 0:
         raise ValueError(f"downsample={downsample!r}: must be > 0")
     colors = dict(colors or {})

@@ -25,7 +25,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -82,6 +82,9 @@ class TileConfig(FrozenConfig):
     """Tiling settings; their digest is stored so a store written with other settings is never mixed in."""
 
     mpp: float | None = Field(default=None, gt=0, description="target um/px; None = the slide's level 0")
+    # how far the output MPP may be from ``mpp`` (relative) when that lets tiling copy a pyramid level or reduce it
+    # by a whole factor instead of resampling by a fraction (scanner MPPs are not round); the store records the MPP
+    mpp_tolerance: float = Field(default=0.05, ge=0, lt=0.5)
     tile: int = Field(default=512, ge=16, le=8192, description="chunk edge in output pixels")
     task_px: int = Field(default=2048, ge=16, description="edge of one Dask task's block in source pixels")
     # auto: copy the slide's JPEG tiles where they line up with the chunks (exact pixels, nothing decoded), else
@@ -141,7 +144,7 @@ def tile_slide(
         mpp0 = _mean_mpp(slide)
         try:
             plan = plan_tiling(slide.level_dimensions, slide.level_downsamples, mpp0, target_mpp=config.mpp,
-                               tile=config.tile, task_px=config.task_px)
+                               tile=config.tile, task_px=config.task_px, mpp_rtol=config.mpp_tolerance)
         except ValueError as exc:
             raise SlideError(slide_path, f"cannot tile at mpp={config.mpp}: {exc}") from None
         source = _source_record(slide, slide_path, mpp_override)
@@ -186,7 +189,7 @@ def tile_slide(
         polygons = MultiPolygon(list(outline.result()))
 
     group = zarr.open_group(store, mode="r+")
-    meta = dict(group.attrs["wsi_pipeline"])
+    meta = dict(cast("Mapping[str, Any]", group.attrs["wsi_pipeline"]))
     meta["tissue"] = {**cast(dict[str, Any], meta["tissue"]), "polygons_level0": mapping(polygons)}
     meta["complete"] = True  # written last: readers trust the store only from here on
     group.attrs["wsi_pipeline"] = meta
@@ -200,7 +203,7 @@ def read_store_info(store_path: str | os.PathLike[str]) -> dict[str, Any]:
     store = Path(store_path)
     try:
         group = zarr.open_group(store, mode="r")
-        meta = dict(group.attrs["wsi_pipeline"])
+        meta = dict(cast("Mapping[str, Any]", group.attrs["wsi_pipeline"]))
     except (FileNotFoundError, KeyError, ValueError, zarr.errors.NodeTypeValidationError) as exc:
         raise StoreError(f"{store}: not a wsi-pipeline tiled store ({type(exc).__name__}: {exc})") from None
     if not meta.get("complete"):
@@ -340,7 +343,7 @@ def _open_or_create(store: Path, *, digest: str, overwrite: bool, create: Callab
     """``"complete"``, ``"resume"`` or ``"new"``; a new store is built under a temp name, then renamed."""
     if store.exists():
         try:
-            meta = dict(zarr.open_group(store, mode="r").attrs["wsi_pipeline"])
+            meta = dict(cast("Mapping[str, Any]", zarr.open_group(store, mode="r").attrs["wsi_pipeline"]))
             found = meta.get("settings_digest")
         except Exception:  # not a zarr group or not ours
             found, meta = None, {}

@@ -71,13 +71,17 @@ class RawChunks:
     def encode(self, px: np.ndarray) -> bytes | memoryview:
         """One full ``(tile, tile, 3)`` chunk's bytes (uncompressed: a view of ``px``, no copy)."""
         data = np.ascontiguousarray(px)
+        # ndarray is a buffer, but numpy's stubs only say so (__buffer__) for Python >= 3.12, and imagecodecs' stubs
+        # list bytes | bytearray | mmap where any buffer is accepted
         if self.compressor == "none":
-            return memoryview(data).cast("B")
-        return bytes(imagecodecs.blosc_encode(data, level=self.clevel, compressor=self.compressor, shuffle=0,
+            return memoryview(data).cast("B")  # type: ignore[arg-type]
+        return bytes(imagecodecs.blosc_encode(data,  # type: ignore[arg-type]
+                                              level=self.clevel, compressor=self.compressor, shuffle=0,
                                               typesize=1, numthreads=1))
 
     def decode(self, raw: bytes | memoryview, *, tile: int) -> np.ndarray:
-        data = raw if self.compressor == "none" else imagecodecs.blosc_decode(raw)
+        # imagecodecs takes any buffer (memoryview too); its stubs say bytes | bytearray | mmap
+        data = raw if self.compressor == "none" else imagecodecs.blosc_decode(raw)  # type: ignore[arg-type]
         return np.frombuffer(data, np.uint8).reshape(tile, tile, 3)
 
 

@@ -142,7 +142,8 @@ def _page_decoder(path: Path, level: int, size: tuple[int, int]) -> TileDecoder 
     try:
         with tifffile.TiffFile(path) as tif:
             for page in tif.pages:
-                if page.is_tiled and (page.imagewidth, page.imagelength) == tuple(size):
+                if isinstance(page, tifffile.TiffPage) and page.is_tiled \
+                        and (page.imagewidth, page.imagelength) == tuple(size):
                     return TiffTileDecoder.from_page(path, page, level)
     except (tifffile.TiffFileError, OSError, ValueError):
         return None

@@ -206,6 +206,51 @@ def write_geojson(
     return path
 
 
+def qupath_problems(data: Any) -> list[str]:
+    """What in a written FeatureCollection QuPath would replace, reject or mis-read; empty when it conforms.
+
+    Checks the contract :func:`write_geojson` keeps: UUID ids, ``objectType``, a classification with a colour, a
+    non-empty Polygon/MultiPolygon that is valid and unchanged by snapping to the 0.01 px grid, a flat numeric
+    ``measurements`` map, string ``metadata``.
+
+    >>> qupath_problems({"type": "FeatureCollection", "features": [{"type": "Feature", "id": "a"}]})[0]
+    "feature 0: id 'a' is not a UUID"
+    """
+    if not isinstance(data, Mapping) or data.get("type") != "FeatureCollection" or not isinstance(
+            data.get("features"), list):
+        return ["not a FeatureCollection with a 'features' array"]
+    problems: list[str] = []
+    for i, feat in enumerate(data["features"]):
+        where = f"feature {i}"
+        try:
+            uuid.UUID(str(feat.get("id")))
+        except ValueError:
+            problems.append(f"{where}: id {feat.get('id')!r} is not a UUID")
+        props = feat.get("properties") or {}
+        if props.get("objectType") not in ("annotation", "detection", "tile", "cell"):
+            problems.append(f"{where}: objectType {props.get('objectType')!r}")
+        cls = props.get("classification")
+        if cls is not None and not (isinstance(cls, Mapping) and isinstance(cls.get("name"), str)
+                                    and isinstance(cls.get("color"), list) and len(cls["color"]) == 3
+                                    and all(isinstance(c, int) and 0 <= c <= 255 for c in cls["color"])):
+            problems.append(f"{where}: classification {cls!r} lacks a name or an [r, g, b] colour")
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (props.get("measurements") or {}).values()):
+            problems.append(f"{where}: measurements are not all finite numbers")
+        if not all(isinstance(v, str) for v in (props.get("metadata") or {}).values()):
+            problems.append(f"{where}: metadata values are not all strings")
+        gj = feat.get("geometry") or {}
+        if gj.get("type") not in ("Polygon", "MultiPolygon"):
+            problems.append(f"{where}: geometry type {gj.get('type')!r}")
+            continue
+        geom = shape(gj)
+        if geom.is_empty or not geom.is_valid:
+            problems.append(f"{where}: geometry empty or invalid")
+        elif not shapely.equals_exact(shapely.normalize(shapely.set_precision(geom, GRID)), shapely.normalize(geom),
+                                      tolerance=1e-9):
+            problems.append(f"{where}: coordinates are not on the {GRID} px grid (QuPath would reduce them)")
+    return problems
+
+
 # -- reading -----------------------------------------------------------------------------------------------------
 def _measurement_map(value: Any) -> dict[str, Any]:
     if isinstance(value, Mapping):

@@ -98,7 +98,7 @@ def _parts(geom: BaseGeometry) -> list[Polygon]:
 def snap_valid(geom: BaseGeometry, *, grid: float = GRID) -> list[Polygon]:
     """Valid polygons of ``geom`` snapped to ``grid``; empty when nothing areal survives the snapping."""
     geom = shapely.make_valid(geom) if not geom.is_valid else geom
-    out = []
+    out: list[Polygon] = []
     for part in _parts(geom):
         snapped = shapely.set_precision(part, grid)  # mode "valid_output": GEOS repairs what rounding breaks
         if not snapped.is_valid:

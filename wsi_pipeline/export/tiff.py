@@ -18,7 +18,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 import tifffile
@@ -35,12 +35,13 @@ _BLOCK_TILES = 8  # level-0 tiles per region() call: amortises per-call overhead
 _THUMB_MAX = 1024  # Aperio thumbnails are about 1024 px on their long side
 
 
-def level_sizes(size: tuple[int, int], *, min_level_size: int = 512) -> list[tuple[int, int]]:
-    """Pyramid level sizes ``(width, height)``: halve until the long side is at most ``min_level_size``."""
+def level_sizes(size: tuple[int, int], *, min_level_size: int = 512, step: int = 2) -> list[tuple[int, int]]:
+    """Pyramid level sizes ``(width, height)``: divide by ``step`` (2 or 4, rounding up) until the long side is at
+    most ``min_level_size``."""
     w, h = size
     sizes = [(w, h)]
     while max(w, h) > min_level_size and min(w, h) > 1:
-        w, h = -(-w // 2), -(-h // 2)
+        w, h = -(-w // step), -(-h // step)
         sizes.append((w, h))
     return sizes
 
@@ -95,8 +96,8 @@ class _LevelStream:
     """
 
     def __init__(self, size: tuple[int, int], tile: int, read_rows: Callable[[int, int], np.ndarray],
-                 sink: BinaryIO | None, thumb_factor: int, progress: object | None) -> None:
-        self.size, self.tile = size, tile
+                 sink: BinaryIO | None, thumb_factor: int, progress: object | None, step: int = 2) -> None:
+        self.size, self.tile, self.step = size, tile, step
         self.read_rows = read_rows
         self.sink = sink
         self.thumb_factor = thumb_factor
@@ -110,7 +111,10 @@ class _LevelStream:
         for y in range(0, h, t):
             rows = self.read_rows(y, min(t, h - y))
             if self.sink is not None:
-                self.sink.write(downsample2(rows).tobytes())
+                small = downsample2(rows)
+                for _ in range(self.step // 2 - 1):  # 4x: twice (a tile row's height is a multiple of 4)
+                    small = downsample2(small)
+                self.sink.write(small.tobytes())
             if self.thumb_factor:
                 self.thumb_rows.append(_box_reduce(rows, self.thumb_factor))
             if rows.shape[0] < t or ncols * t != w:
@@ -171,22 +175,24 @@ def _file_reader(path: Path, size: tuple[int, int]) -> tuple[Callable[[int, int]
 
 def write_pyramidal_tiff(path: str | os.PathLike[str], region: Region, *, size: tuple[int, int],
                          mpp: float | None, tile: int = 256, compression: str = "jpeg", quality: int = 90,
-                         flavor: Flavor = "svs", min_level_size: int = 512, description_extra: str = "",
-                         progress: bool = False) -> Path:
+                         flavor: Flavor = "svs", min_level_size: int = 512, level_step: int = 2,
+                         description_extra: str = "", progress: bool = False) -> Path:
     """Write a tiled pyramidal TIFF whose level-0 pixels come from ``region(x, y, w, h) -> uint8 HxWx3``.
 
     ``flavor="svs"``: Aperio layout (level 0, stripped thumbnail, reduced levels as top-level IFDs) that openslide
     reads as vendor ``aperio``; ``"ome"``: OME-XML with ``PhysicalSizeX/Y`` in um and the pyramid in SubIFDs;
     ``"tiff"``: plain pyramidal TIFF (reduced levels as top-level IFDs). ``description_extra``: for SVS more
     ``key = value`` fields joined by ``|`` (openslide lists them as ``aperio.<key>``); for OME the image name.
-    Returns the final path.
+    ``level_step``: 2 (every 2x level) or 4 (what Aperio scanners write: 1x, 4x, 16x, ...). Returns the final path.
     """
+    if level_step not in (2, 4):
+        raise ConfigError(f"level_step={level_step!r}: expected 2 or 4")
     size = (int(size[0]), int(size[1]))
     _validate(size, tile, compression, quality, flavor, mpp, min_level_size)
     out = Path(path)
     if not out.parent.is_dir():
         raise ConfigError(f"path={out}: folder {out.parent} does not exist")
-    sizes = level_sizes(size, min_level_size=min_level_size)
+    sizes = level_sizes(size, min_level_size=min_level_size, step=level_step)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -197,7 +203,7 @@ def write_pyramidal_tiff(path: str | os.PathLike[str], region: Region, *, size: 
         with atomic_output(out) as tmp, \
                 tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as scratch:
             _write(tmp, region, sizes, Path(scratch), mpp=mpp, tile=tile, compression=compression,
-                   quality=quality, flavor=flavor, extra=description_extra, progress=bar)
+                   quality=quality, flavor=flavor, extra=description_extra, progress=bar, step=level_step)
     finally:
         if bar is not None:
             bar.close()
@@ -205,10 +211,11 @@ def write_pyramidal_tiff(path: str | os.PathLike[str], region: Region, *, size: 
 
 
 def _write(tmp: Path, region: Region, sizes: list[tuple[int, int]], scratch: Path, *, mpp: float | None,
-           tile: int, compression: str, quality: int, flavor: str, extra: str, progress: object | None) -> None:
+           tile: int, compression: str, quality: int, flavor: str, extra: str, progress: object | None,
+           step: int = 2) -> None:
     comp = None if compression == "none" else compression
     cargs = {"level": quality} if compression == "jpeg" else None
-    common: dict[str, object] = dict(tile=(tile, tile), photometric="rgb", compression=comp, compressionargs=cargs,
+    common: dict[str, Any] = dict(tile=(tile, tile), photometric="rgb", compression=comp, compressionargs=cargs,
                                      dtype=np.uint8, software=f"wsi-pipeline {__version__}",
                                      metadata=None)
     resolution = None
@@ -227,7 +234,7 @@ def _write(tmp: Path, region: Region, sizes: list[tuple[int, int]], scratch: Pat
             last = level == len(sizes) - 1
             store = scratch / f"level{level + 1}.raw"
             sink = None if last else open(store, "wb")  # noqa: SIM115
-            stream = _LevelStream(lsize, tile, reader, sink, thumb_factor if level == 0 else 0, progress)
+            stream = _LevelStream(lsize, tile, reader, sink, thumb_factor if level == 0 else 0, progress, step)
             kwargs = dict(common, shape=(lsize[1], lsize[0], 3))
             if resolution is not None:
                 ds = sizes[0][0] / lsize[0]

@@ -35,7 +35,20 @@ _EXPORTS = {
     "stored_chunk_mask": "tiled",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [  # sorted(_EXPORTS), spelled out so linters see the re-exports
+    "Layout",
+    "TiledInferenceConfig",
+    "TorchPredictor",
+    "cached_predictor",
+    "clear_predictor_cache",
+    "measure_receptive_radius",
+    "predict_tiled",
+    "predict_zarr",
+    "resolve_device",
+    "stored_chunk_mask",
+    "window_starts",
+    "window_weights",
+]
 
 
 def __getattr__(name: str) -> Any:

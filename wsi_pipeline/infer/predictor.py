@@ -65,7 +65,8 @@ class TorchPredictor:
         self._std = None if std is None else torch.tensor(std, dtype=torch.float32, device=self.device)
         module = module.to(self.device).eval()
         if self.channels_last:
-            module = module.to(memory_format=torch.channels_last)
+            # Module.to accepts memory_format at run time; torch's overload stubs leave it out
+            module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.module = module
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:

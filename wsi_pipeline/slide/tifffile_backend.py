@@ -195,12 +195,12 @@ class TiffSlide(Slide):
             mpp = self._aperio.get("MPP")
             return (float(mpp), float(mpp)) if mpp else None
         page = self._tif.pages.first
-        unit = int(page.tags.valueof(296, 2))  # ResolutionUnit, TIFF default inch
+        res_unit = int(page.tags.valueof(296, 2))  # ResolutionUnit, TIFF default inch (an int, unlike OME's unit)
         xr, yr = page.tags.valueof(282), page.tags.valueof(283)
-        if unit not in _RESUNIT_UM or not xr or not yr:
+        if res_unit not in _RESUNIT_UM or not xr or not yr:
             return None
         rx, ry = xr[0] / xr[1], yr[0] / yr[1]
-        return (_RESUNIT_UM[unit] / rx, _RESUNIT_UM[unit] / ry) if rx > 0 and ry > 0 else None
+        return (_RESUNIT_UM[res_unit] / rx, _RESUNIT_UM[res_unit] / ry) if rx > 0 and ry > 0 else None
 
     @cached_property
     def objective_power(self) -> float | None:

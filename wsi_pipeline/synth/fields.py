@@ -7,10 +7,18 @@ tubules they overlap; nuclei and macrophages are jittered-grid points validated 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import cast
+
 import numpy as np
 
+from . import noise
 from .layout import Artery, Glomerulus, Layout
-from .noise import fbm, lattice, smoothstep, uniform
+from .noise import fbm, lattice, uniform
+
+# noise.smoothstep is elementwise numpy, so its edges may be arrays too (here: per-pixel radii and widths); its
+# hints say float. The same function, typed for that use.
+smoothstep = cast(Callable[[float | np.ndarray, float | np.ndarray, np.ndarray], np.ndarray], noise.smoothstep)
 
 COMPONENTS = ("cyto", "brush", "bm", "nuc", "inter", "rbc", "mesangium", "scler", "muscle", "collagen", "macro",
               "endo", "tissue")

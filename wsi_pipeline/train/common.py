@@ -23,7 +23,7 @@ import json
 import random
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -94,7 +94,8 @@ class RunState:
         self.history = [h for h in self.history if h.get("epoch") != epoch]
         self.history.append({"epoch": epoch, **{k: float(v) for k, v in metrics.items()}})
         atomic_write_json(self.metrics_path, self.history)
-        _, keys, pos, _, _ = np.random.get_state()
+        # legacy=True (the default) returns the tuple; the stubs type it as tuple | dict
+        _, keys, pos, _, _ = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state())
         state = {
             "epoch": epoch,
             "models": {k: m.state_dict() for k, m in models.items()},

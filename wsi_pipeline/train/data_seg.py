@@ -231,7 +231,9 @@ class SegPatchDataset(Dataset[dict[str, torch.Tensor]]):
         if len(centres) and rng.random() < self.config.glomerulus_fraction:
             cy, cx = centres[rng.integers(len(centres))]
             # the glomerulus lands anywhere in the central 80 % of the crop, not always in the middle
-            cy, cx = cy + int(rng.integers(-0.4 * p, 0.4 * p + 1)), cx + int(rng.integers(-0.4 * p, 0.4 * p + 1))
+            # int() bounds: what Generator.integers does with float bounds anyway (same draws), typed as int
+            lo, hi = int(-0.4 * p), int(0.4 * p + 1)
+            cy, cx = cy + int(rng.integers(lo, hi)), cx + int(rng.integers(lo, hi))
         elif len(tissue):
             cy, cx = tissue[rng.integers(len(tissue))]
         else:

@@ -272,8 +272,8 @@ def folder_patches(folder: str | Path, *, n: int, size: int, seed: int = 0, scal
     rng = np.random.default_rng([seed, 0xF01D])
     images = []
     for f in files:
-        with Image.open(f) as im:
-            im = im.convert("RGB")
+        with Image.open(f) as opened:
+            im = opened.convert("RGB")
             if scale != 1.0:
                 im = im.resize((max(size, round(im.width * scale)), max(size, round(im.height * scale))),
                                Image.Resampling.LANCZOS)

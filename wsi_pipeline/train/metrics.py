@@ -127,7 +127,7 @@ class DetectionScores:
 def _greedy_match(iou: np.ndarray, threshold: float) -> list[float]:
     """IoUs of the one-to-one pairs picked greedily (highest IoU first) among those ``>= threshold``."""
     pairs = np.argwhere(iou >= threshold)
-    order = np.argsort(-iou[pairs[:, 0], pairs[:, 1]], kind="stable") if len(pairs) else []
+    order: np.ndarray | list[int] = np.argsort(-iou[pairs[:, 0], pairs[:, 1]], kind="stable") if len(pairs) else []
     used_p: set[int] = set()
     used_t: set[int] = set()
     out = []

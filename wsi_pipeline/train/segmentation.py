@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -159,11 +159,13 @@ def evaluate_phantom_store(model: nn.Module, store_path: str | Path, layout: Lay
     pipeline's level-0 polygons (:func:`~wsi_pipeline.annotations.mask_to_polygons`) and the truth outlines.
     """
     group = zarr.open_group(Path(store_path), mode="r")
-    geo = dict(group.attrs["wsi_pipeline"])["geometry"]
+    # zarr types attrs as any JSON value; the pipeline's store metadata is a mapping
+    geo = dict(cast("Mapping[str, Any]", group.attrs["wsi_pipeline"]))["geometry"]
     (x0, y0), (sx, sy) = geo["origin_level0"], geo["scale_level0"]
     if abs(sx - round(sx)) > 1e-9 or sx != sy or x0 or y0:
         raise ValueError(f"{store_path}: expected an integer-scale store at the slide origin, got {geo}")
-    image = np.moveaxis(np.asarray(group["0"][:]), 0, -1)  # (c, y, x) -> (y, x, c)
+    level0 = cast(zarr.Array, group["0"])  # group[name] is Array | Group; level 0 is an array
+    image = np.moveaxis(np.asarray(level0[:]), 0, -1)  # (c, y, x) -> (y, x, c)
     h, w = image.shape[:2]
     labels = label_region(layout, 0, 0, w, h, downsample=round(sx))
     prob = segment_image(model, image, window=window, overlap=overlap, device=device)

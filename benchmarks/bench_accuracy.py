@@ -1,0 +1,133 @@
+"""Accuracy benchmark: the default slide job on held-out phantom slides, scored against their truth GeoJSON.
+
+    python -m benchmarks.bench_accuracy --out bench-out/accuracy [--seeds 31-40] [--size 8192] [--config FILE]
+    wsi-pipeline bench accuracy --out bench-out/accuracy ...      (the same, from the CLI)
+
+Each seed is its own phantom layout with its own stain strength, blur, noise and JPEG quality (none of the seeds
+31-99 is used to train or validate any shipped model). The slides are written once (cached in ``--out/slides``)
+and run through :func:`workflows.slide_job.run_slide` with the job config (shipped weights by default); the job's
+stage markers make a re-run with the same models instant, and a changed model re-runs only what it affects.
+Measured per slide and pooled: detection precision / recall / F1 at IoU 0.5 and mean IoU of the matches, the class
+of every matched glomerulus against the truth (accuracy, balanced accuracy, confusion matrix, s-vs-noa balanced
+accuracy), and QuPath conformance of every written feature (:func:`wsi_pipeline.annotations.qupath_problems`).
+Results: ``results.json`` and ``results.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+CLASSES = ("noa", "ss", "gs")
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"31-34,40"`` -> ``[31, 32, 33, 34, 40]``."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        seeds += list(range(int(lo), int(hi or lo) + 1))
+    return seeds
+
+
+def class_scores(pairs: list[tuple[str, str]]) -> dict[str, Any]:
+    """Accuracy, balanced accuracy, s-vs-noa balanced accuracy and the confusion matrix of (truth, predicted)."""
+    confusion = {t: {p: sum(1 for a, b in pairs if (a, b) == (t, p)) for p in CLASSES} for t in CLASSES}
+    recalls = {t: confusion[t][t] / sum(confusion[t].values()) for t in CLASSES if sum(confusion[t].values())}
+    sclerotic = [(a != "noa", b != "noa") for a, b in pairs]
+    s_recalls = [sum(p == t for t, p in sclerotic if t == k) / n
+                 for k in (False, True) if (n := sum(1 for t, _ in sclerotic if t == k))]
+    return {"n": len(pairs), "accuracy": sum(a == b for a, b in pairs) / len(pairs) if pairs else None,
+            "balanced_accuracy": sum(recalls.values()) / len(recalls) if recalls else None,
+            "recall": recalls, "s_vs_noa_balanced_accuracy": sum(s_recalls) / len(s_recalls) if s_recalls else None,
+            "confusion": confusion}
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    pooled, cls = results["pooled"], results["classes"]
+    lines = [f"# Slide job accuracy on held-out phantom slides ({results['size']} px, {results['stain']})", "",
+             f"Models: {results['models']}. Seeds {results['seeds'][0]}..{results['seeds'][-1]} "
+             f"({len(results['seeds'])} slides).", "",
+             "| seed | glomeruli | TP / FP / FN | F1 | mean IoU | class acc. | QuPath problems | job s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results["slides"]:
+        lines.append(f"| {r['seed']} | {r['truth']} | {r['tp']} / {r['fp']} / {r['fn']} | {_fmt(r['f1'])} | "
+                     f"{_fmt(r['mean_iou'])} | {_fmt(r['class_accuracy'])} | {r['qupath_problems']} | "
+                     f"{r['seconds']:.1f} |")
+    lines += ["", f"**Pooled detection (IoU >= 0.5)**: precision {_fmt(pooled['precision'])}, recall "
+              f"{_fmt(pooled['recall'])}, **F1 {_fmt(pooled['f1'])}** (TP {pooled['tp']}, FP {pooled['fp']}, "
+              f"FN {pooled['fn']}); features failing QuPath conformance: {pooled['qupath_problems']}.", "",
+              f"**Classes of matched glomeruli** (n = {cls['n']}): accuracy {_fmt(cls['accuracy'])}, balanced "
+              f"{_fmt(cls['balanced_accuracy'])}, s-vs-noa balanced {_fmt(cls['s_vs_noa_balanced_accuracy'])}; "
+              "recall " + ", ".join(f"{k} {_fmt(v)}" for k, v in cls["recall"].items()) + ".", "",
+              "| truth \\ predicted | " + " | ".join(CLASSES) + " |", "|---|" + "---|" * len(CLASSES)]
+    for t in CLASSES:
+        lines.append(f"| {t} | " + " | ".join(str(cls["confusion"][t][p]) for p in CLASSES) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("bench-out/accuracy"))
+    p.add_argument("--seeds", default="31-40", help="held-out layout seeds, e.g. 31-40 or 31,35")
+    p.add_argument("--size", type=int, default=8192, help="phantom side in level-0 px (0.5 um/px)")
+    p.add_argument("--stain", default="PAS")
+    p.add_argument("--config", type=Path, default=None, help="job YAML [default: configs/default.yaml values]")
+    p.add_argument("--workers", type=int, default=2, help="Dask threads per job")
+    args = p.parse_args(argv)
+
+    from tqdm import tqdm
+
+    from workflows.cmd_demo import evaluate
+    from workflows.job_config import load_job_config
+    from workflows.slide_job import run_slide
+    from wsi_pipeline.annotations import qupath_problems
+    from wsi_pipeline.synth import write_phantom
+
+    out = args.out.resolve()
+    config = load_job_config(args.config)
+    seeds = parse_seeds(args.seeds)
+    slides: list[dict[str, Any]] = []
+    pairs: list[tuple[str, str]] = []
+    for seed in tqdm(seeds, desc="held-out slides", unit="slide"):
+        folder = out / "slides" / str(args.size)
+        slide = folder / f"phantom-s{seed}-{args.stain}.svs"
+        truth = folder / f"phantom-s{seed}.truth.geojson"
+        if not (slide.exists() and truth.exists()):
+            write_phantom(folder, size=args.size, stains=(args.stain,), seed=seed)
+        t0 = time.perf_counter()
+        entry = run_slide(slide, out / "jobs", config=config, workers=args.workers)
+        seconds = time.perf_counter() - t0
+        if entry["status"] != "ok" and entry["status"] != "skipped":
+            raise SystemExit(f"seed {seed}: job {entry['status']}: {entry['reason']}")
+        pred = Path(entry["output"]) / "glomeruli.geojson"
+        scores = evaluate(pred, truth)
+        problems = qupath_problems(json.loads(pred.read_text()))
+        pairs += scores.pop("class_pairs")
+        slides.append({"seed": seed, "truth": scores["tp"] + scores["fn"], **scores,
+                       "qupath_problems": len(problems), "problems": problems[:5], "seconds": seconds,
+                       "stages_run": entry["stages_run"]})
+    tp, fp, fn = (sum(r[k] for r in slides) for k in ("tp", "fp", "fn"))
+    precision, recall = tp / max(tp + fp, 1), tp / max(tp + fn, 1)
+    results = {"size": args.size, "stain": args.stain, "seeds": seeds,
+               "models": f"segment {config.segment.weights}, classify {config.classify.weights}",
+               "slides": slides,
+               "pooled": {"tp": tp, "fp": fp, "fn": fn, "precision": precision, "recall": recall,
+                          "f1": 2 * precision * recall / max(precision + recall, 1e-12),
+                          "qupath_problems": sum(r["qupath_problems"] for r in slides)},
+               "classes": class_scores(pairs)}
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    text = markdown(results)
+    (out / "results.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

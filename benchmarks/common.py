@@ -1,0 +1,21 @@
+"""What the benchmarks share."""
+
+from __future__ import annotations
+
+import resource
+
+
+def peak_rss_mib() -> float:
+    """This process's own peak resident set size in MiB: the kernel's ``VmHWM`` of its address space.
+
+    Not ``ru_maxrss``: Linux carries that across ``fork`` + ``exec``, so a process started by a big parent (a
+    benchmark driver holding a slide, a Dask nanny) would report the parent's size instead of its own.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # elsewhere: KiB on Linux, the best there is
