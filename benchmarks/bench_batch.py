@@ -98,8 +98,8 @@ def run_layout(folder: Path, out: Path, *, workers: int, threads: int, task: str
     return {"layout": f"{workers}x{threads}", "workers": workers, "threads_per_worker": threads,
             "slides": len(slides), "statuses": statuses, "cluster_start_s": round(started - t0, 2),
             "wall_s": round(wall, 2), "slides_per_hour": round(len(slides) * 3600 / wall, 1),
-            "workerpeak_rss_mib": {a: round(v) for a, v in sorted(worker_rss.items())},
-            "clientpeak_rss_mib": round(peak_rss_mib()),
+            "worker_peak_rss_mib": {a: round(v) for a, v in sorted(worker_rss.items())},
+            "client_peak_rss_mib": round(peak_rss_mib()),
             "load_avg_1m": {"min": min(load.samples), "mean": round(statistics.mean(load.samples), 2),
                             "max": max(load.samples)},
             "median_stage_s": {k: round(statistics.median(v), 2) for k, v in stage_s.items()},
@@ -127,11 +127,11 @@ def markdown(results: dict[str, Any]) -> str:
              + " | peak RSS per worker (MB) | client RSS (MB) | cluster start s | load avg (min/mean/max) | statuses |",
              "|---|---:|---|---:|---:|---|---:|---:|---|---|"]
     for r in rows:
-        rss = ", ".join(str(v) for v in r["workerpeak_rss_mib"].values())
+        rss = ", ".join(str(v) for v in r["worker_peak_rss_mib"].values())
         load = r["load_avg_1m"]
         runs = ", ".join(f"{w:.0f}" for w in r["all_wall_s"])
         lines.append(f"| {r['layout']} | {r['wall_s']:.0f} | {runs} | {r['slides_per_hour']:.0f} | {base / r['wall_s']:.2f} "
-                     f"| {rss} | {r['clientpeak_rss_mib']} | {r['cluster_start_s']:.1f} "
+                     f"| {rss} | {r['client_peak_rss_mib']} | {r['cluster_start_s']:.1f} "
                      f"| {load['min']:.1f} / {load['mean']:.1f} / {load['max']:.1f} | {', '.join(r['statuses'])} |")
     lines += ["", "Median stage seconds per slide:", ""]
     stages = list(rows[0]["median_stage_s"])

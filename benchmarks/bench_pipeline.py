@@ -250,7 +250,7 @@ def overheads(slide_dir: Path, slide: Path, config: Any, *, workers: int, classi
         out["g2c"] = {"stage_s": stage, "bare_forward_s": bare, "overhead": stage / bare - 1, "crops": len(crops),
                       "crops_per_s_pipeline": len(crops) / stage, "note": "stage includes reading the crops"}
     t = config.translate
-    inference = ops.translate_inference(t)
+    inference = ops.translate_inference(t, tile=config.tile.tile)
     ref = ops.resolve_weights(t.generators[t.stains[0]], base_dir=config.base_dir)
     factory = functools.partial(generator_predictor, str(ref.path), ref.sha256, config.device)
     batches, forwarded, owned = windows_of(store, inference)

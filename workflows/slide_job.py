@@ -312,7 +312,7 @@ class _SlideJob:
     def run_translate(self, tile_digest: str) -> None:
         t = self.config.translate
         geometry = self.geometry()
-        inference = ops.translate_inference(t)
+        inference = ops.translate_inference(t, tile=self.config.tile.tile)
         for stain in t.stains:
             ref = resolve_weights(t.generators[stain], base_dir=self.config.base_dir)
             digest = digest_of("translate", tile_digest, stain, ref.sha256, inference.to_dict(), t.tiff_tile,

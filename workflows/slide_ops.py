@@ -125,10 +125,13 @@ def seg_settings(section: SegmentSection, config: JobConfig) -> SegSettings:
                              else meta.get("min_area_um2", 2000.0)), inference)
 
 
-def translate_inference(section: TranslateSection) -> TiledInferenceConfig:
-    """Blending settings of the whole-slide generator pass (overlap and margin clamped to what the window allows)."""
-    overlap = min(section.overlap, section.window // 2)
-    return TiledInferenceConfig(window=section.window, overlap=overlap, margin=min(section.margin, overlap // 2),
+def translate_inference(section: TranslateSection, *, tile: int) -> TiledInferenceConfig:
+    """Blending settings of the whole-slide generator pass over ``tile``-px chunks (overlap and margin clamped to
+    what the window allows; no window: :func:`block_window` of at least 512 px)."""
+    window = section.window or block_window(tile * section.block_chunks + 2 * section.overlap,
+                                            overlap=section.overlap, minimum=512)
+    overlap = min(section.overlap, window // 2)
+    return TiledInferenceConfig(window=window, overlap=overlap, margin=min(section.margin, overlap // 2),
                                 batch_size=section.batch_size, weight=section.weight, dtype="uint8",
                                 block_chunks=section.block_chunks)
 

@@ -83,7 +83,7 @@ def plan_tiling(
     ``mpp_rtol`` is how far (relative) the output resolution may be from the target when that saves work: a level
     within it is copied as it is, and a scale within it of a whole factor becomes that factor (a block mean).
     Scanners' MPPs are not round (0.2528 um/px): at 5 %, 2.0 um/px from such a slide is its 4x level reduced 2x
-    (2.02 um/px, recorded as such) instead of a fractional resampling of level 0.
+    (2.02 um/px, recorded as such) instead of that level resampled by 1.978.
 
     >>> p = plan_tiling([(1000, 800), (250, 200)], [1.0, 4.0], 0.25, target_mpp=1.0, tile=128, task_px=256)
     >>> (p.level, p.scale, p.width, p.height, p.block)
