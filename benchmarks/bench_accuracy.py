@@ -7,7 +7,8 @@ Each seed is its own phantom layout with its own stain strength, blur, noise and
 31-99 is used to train or validate any shipped model). The slides are written once (cached in ``--out/slides``)
 and run through :func:`workflows.slide_job.run_slide` with the job config (shipped weights by default); the job's
 stage markers make a re-run with the same models instant, and a changed model re-runs only what it affects.
-Measured per slide and pooled: detection precision / recall / F1 at IoU 0.5 and mean IoU of the matches, the class
+Measured per slide and pooled: detection precision / recall / F1 at IoU 0.5, mean IoU of the matches, the area
+Dice of all predicted vs all true glomerulus outlines, the class
 of every matched glomerulus against the truth (accuracy, balanced accuracy, confusion matrix, s-vs-noa balanced
 accuracy), and QuPath conformance of every written feature (:func:`wsi_pipeline.annotations.qupath_problems`).
 Results: ``results.json`` and ``results.md``.
@@ -55,15 +56,17 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [f"# Slide job accuracy on held-out phantom slides ({results['size']} px, {results['stain']})", "",
              f"Models: {results['models']}. Seeds {results['seeds'][0]}..{results['seeds'][-1]} "
              f"({len(results['seeds'])} slides).", "",
-             "| seed | glomeruli | TP / FP / FN | F1 | mean IoU | class acc. | QuPath problems | job s |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| seed | glomeruli | TP / FP / FN | F1 | mean IoU | Dice | class acc. | QuPath problems | job s |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in results["slides"]:
         lines.append(f"| {r['seed']} | {r['truth']} | {r['tp']} / {r['fp']} / {r['fn']} | {_fmt(r['f1'])} | "
-                     f"{_fmt(r['mean_iou'])} | {_fmt(r['class_accuracy'])} | {r['qupath_problems']} | "
-                     f"{r['seconds']:.1f} |")
+                     f"{_fmt(r['mean_iou'])} | {_fmt(r['dice'])} | {_fmt(r['class_accuracy'])} | "
+                     f"{r['qupath_problems']} | {r['seconds']:.1f} |")
     lines += ["", f"**Pooled detection (IoU >= 0.5)**: precision {_fmt(pooled['precision'])}, recall "
               f"{_fmt(pooled['recall'])}, **F1 {_fmt(pooled['f1'])}** (TP {pooled['tp']}, FP {pooled['fp']}, "
-              f"FN {pooled['fn']}); features failing QuPath conformance: {pooled['qupath_problems']}.", "",
+              f"FN {pooled['fn']}); area Dice of the glomerulus masks, mean over slides {_fmt(pooled['dice_mean'])} "
+              f"(min {_fmt(pooled['dice_min'])}); features failing QuPath conformance: {pooled['qupath_problems']}.",
+              "",
               f"**Classes of matched glomeruli** (n = {cls['n']}): accuracy {_fmt(cls['accuracy'])}, balanced "
               f"{_fmt(cls['balanced_accuracy'])}, s-vs-noa balanced {_fmt(cls['s_vs_noa_balanced_accuracy'])}; "
               "recall " + ", ".join(f"{k} {_fmt(v)}" for k, v in cls["recall"].items()) + ".", "",
@@ -121,6 +124,8 @@ def main(argv: list[str] | None = None) -> None:
                "slides": slides,
                "pooled": {"tp": tp, "fp": fp, "fn": fn, "precision": precision, "recall": recall,
                           "f1": 2 * precision * recall / max(precision + recall, 1e-12),
+                          "dice_mean": sum(r["dice"] for r in slides) / len(slides),
+                          "dice_min": min(r["dice"] for r in slides),
                           "qupath_problems": sum(r["qupath_problems"] for r in slides)},
                "classes": class_scores(pairs)}
     (out / "results.json").write_text(json.dumps(results, indent=2))

@@ -280,12 +280,12 @@ def test_demo_evaluation_scores_detection_and_classes(work: dict, tmp_path: Path
     assert (scores["tp"], scores["fp"], scores["fn"]) == (N_GLOMERULI, 1, 0)
     assert scores["f1"] == pytest.approx(2 * 6 / 13)
     assert scores["classified"] == N_GLOMERULI and scores["class_accuracy"] == pytest.approx(5 / 6)
+    area = sum(shapely.geometry.shape(f["geometry"]).area for f in truth["features"])  # disjoint glomeruli
+    assert scores["dice"] == pytest.approx(2 * area / (2 * area + 2500))  # the 50 x 50 false positive
 
 
 def test_bench_accuracy_scores_the_job_against_the_truth(work: dict, tmp_path: Path) -> None:
     """`wsi-pipeline bench accuracy` runs the job on (cached) phantom slides and pools detection and class scores."""
-    import shutil
-
     from click.testing import CliRunner
 
     from benchmarks.bench_accuracy import class_scores, parse_seeds
@@ -313,4 +313,5 @@ def test_bench_accuracy_scores_the_job_against_the_truth(work: dict, tmp_path: P
     assert pooled["tp"] + pooled["fn"] == N_GLOMERULI and pooled["qupath_problems"] == 0
     assert (pooled["tp"], pooled["fp"], pooled["f1"]) == (direct["tp"], direct["fp"], pytest.approx(direct["f1"]))
     assert sum(sum(row.values()) for row in res["classes"]["confusion"].values()) == direct["classified"]
+    assert pooled["dice_mean"] == pytest.approx(direct["dice"]) and 0 < direct["dice"] <= 1
     assert "Pooled detection" in (tmp_path / "bench" / "results.md").read_text()

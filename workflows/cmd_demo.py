@@ -18,7 +18,8 @@ import click
 
 
 def evaluate(pred_geojson: Path, truth_geojson: Path, *, iou_threshold: float = 0.5) -> dict[str, Any]:
-    """Detection F1 / precision / recall at ``iou_threshold`` and the class accuracy of matched pairs.
+    """Detection F1 / precision / recall at ``iou_threshold``, the area Dice of all predicted vs all true glomeruli,
+    and the class accuracy of matched pairs.
 
     ``class_pairs`` lists ``(truth code, predicted code)`` of every matched, classified glomerulus.
 
@@ -26,6 +27,7 @@ def evaluate(pred_geojson: Path, truth_geojson: Path, *, iou_threshold: float = 
     its class name (``"Glomerulus: gs"``).
     """
     from shapely.geometry import shape
+    from shapely.ops import unary_union
 
     from wsi_pipeline.train.metrics import polygon_detection_scores
 
@@ -33,6 +35,8 @@ def evaluate(pred_geojson: Path, truth_geojson: Path, *, iou_threshold: float = 
     truth = json.loads(truth_geojson.read_text())["features"]
     pg, tg = [shape(f["geometry"]) for f in pred], [shape(f["geometry"]) for f in truth]
     scores = polygon_detection_scores(pg, tg, iou_threshold=iou_threshold)
+    pu, tu = unary_union(pg), unary_union(tg)  # area Dice of the glomerulus masks, exact on the polygons
+    dice = 2 * pu.intersection(tu).area / (pu.area + tu.area) if pu.area + tu.area > 0 else 1.0
     pairs = []
     for i, g in enumerate(pg):
         best = max(range(len(tg)), key=lambda j: g.intersection(tg[j]).area, default=None)
@@ -49,7 +53,7 @@ def evaluate(pred_geojson: Path, truth_geojson: Path, *, iou_threshold: float = 
         classes.append((truth_code, max(probs, key=probs.__getitem__)))
     correct = sum(t == p for t, p in classes)
     return {"f1": scores.f1, "precision": scores.precision, "recall": scores.recall, "tp": scores.tp,
-            "fp": scores.fp, "fn": scores.fn, "mean_iou": scores.mean_iou, "classified": len(classes),
+            "fp": scores.fp, "fn": scores.fn, "mean_iou": scores.mean_iou, "dice": dice, "classified": len(classes),
             "class_accuracy": correct / len(classes) if classes else None, "class_pairs": classes}
 
 
@@ -125,7 +129,7 @@ def command(out_dir: Path, size: int, seed: int, workers: int, config_path: Path
     table.add_row("glomeruli found", f"{counts.get('glomeruli')}" + (f" ({classes})" if classes else ""))
     table.add_row("detection (IoU >= 0.5)", f"F1 {scores['f1']:.3f}, precision {scores['precision']:.3f}, recall "
                   f"{scores['recall']:.3f} (TP {scores['tp']}, FP {scores['fp']}, FN {scores['fn']}, mean IoU "
-                  f"{scores['mean_iou']:.3f})")
+                  f"{scores['mean_iou']:.3f}); area Dice {scores['dice']:.3f}")
     acc = scores["class_accuracy"]
     table.add_row("class accuracy (matched)", "not classified" if acc is None else
                   f"{acc:.3f} over {scores['classified']} glomeruli")
