@@ -84,7 +84,24 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--stain", default="PAS")
     p.add_argument("--config", type=Path, default=None, help="job YAML [default: configs/default.yaml values]")
     p.add_argument("--workers", type=int, default=2, help="Dask threads per job")
+    p.add_argument("--labelled", type=Path, default=None,
+                   help="score a folder of images/ + masks/ instead of phantom slides (see benchmarks.bench_labelled)")
+    p.add_argument("--mpp", type=float, default=None, help="with --labelled: um/px of every image (else mpp.json)")
+    p.add_argument("--label-stain", default=None, help="with --labelled: stain name for every image")
+    p.add_argument("--only", default=None, help="with --labelled: comma-separated image names to score")
+    p.add_argument("--min-truth-um2", type=float, default=2000.0,
+                   help="with --labelled: truth objects smaller than this are left out of the object scores")
     args = p.parse_args(argv)
+    if args.labelled is not None:
+        from benchmarks.bench_labelled import run_labelled
+        from workflows.job_config import load_job_config as _load
+
+        results = run_labelled(args.labelled, args.out.resolve(), config=_load(args.config), mpp=args.mpp,
+                               stain=args.label_stain, only=args.only.split(",") if args.only else None,
+                               min_truth_um2=args.min_truth_um2, workers=args.workers)
+        print((args.out / "results.md").read_text())
+        print(json.dumps(results["pooled"]))
+        return
 
     from tqdm import tqdm
 

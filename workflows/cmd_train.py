@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from wsi_pipeline.config import load_config
+from wsi_pipeline.errors import ConfigError
 
 #: kind -> (module, config class, train function)
 KINDS: dict[str, tuple[str, str, str]] = {
@@ -30,12 +31,17 @@ KINDS: dict[str, tuple[str, str, str]] = {
               help="Training recipe (YAML), e.g. configs/train-segmenter.yaml.")
 @click.option("--out", "run_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Run folder (default: runs/<kind>-<config stem>). Re-running resumes from its checkpoint.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Change one setting of the recipe, e.g. --set real.fold=2 --set epochs=4 (repeatable).")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
-def command(kind: str, config_path: Path, run_dir: Path | None, no_progress: bool) -> None:
+def command(kind: str, config_path: Path, run_dir: Path | None, overrides: tuple[str, ...], no_progress: bool) -> None:
     """Train a model from a YAML recipe (resumable; metrics as JSON per epoch)."""
     module_name, config_name, fn_name = KINDS[kind]
     module = importlib.import_module(module_name)
-    config = load_config(config_path, getattr(module, config_name))
+    try:
+        config = load_config(config_path, getattr(module, config_name), overrides=overrides)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
     run_dir = run_dir or Path("runs") / f"{kind}-{config_path.stem}"
     result = getattr(module, fn_name)(config, run_dir=run_dir, progress=not no_progress)
     click.echo(json.dumps(result, indent=2, default=str))

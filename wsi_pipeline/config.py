@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import yaml
@@ -48,8 +49,35 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def load_config(path: str | Path, cls: type[C], *, section: str | None = None) -> C:
-    """Read ``path`` (YAML) and validate it as ``cls``; ``section`` picks one top-level key."""
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str], *, source: str) -> dict[str, Any]:
+    """``["real.fold=2", "epochs=3"]`` applied to a nested mapping (values parsed as YAML); a copy.
+
+    >>> apply_overrides({"a": {"b": 1}}, ["a.b=2", "c=[1, 2]"], source="cli")
+    {'a': {'b': 2}, 'c': [1, 2]}
+    """
+    out = json.loads(json.dumps(data))
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{source}: override {item!r} must look like key.sub=value")
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{source}: override {item!r}: {part!r} is not a section")
+            node = child
+        try:
+            node[leaf] = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source}: override {item!r}: value is not valid YAML: {exc}") from None
+    return out
+
+
+def load_config(path: str | Path, cls: type[C], *, section: str | None = None,
+                overrides: Sequence[str] = ()) -> C:
+    """Read ``path`` (YAML) and validate it as ``cls``; ``section`` picks one top-level key; ``overrides``
+    (``key.sub=value``) change single settings before validation."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -63,4 +91,6 @@ def load_config(path: str | Path, cls: type[C], *, section: str | None = None) -
         if section not in data:
             raise ConfigError(f"{path}: missing section {section!r}")
         data = data[section]
+    if overrides:
+        data = apply_overrides(data, overrides, source=str(path))
     return cls.from_dict(data, source=str(path))

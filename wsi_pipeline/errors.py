@@ -43,3 +43,7 @@ class WeightsError(WsiPipelineError, OSError):
 
 class AnnotationError(WsiPipelineError, ValueError):
     """A GeoJSON annotation file cannot be read or holds invalid geometry."""
+
+
+class DataError(WsiPipelineError, ValueError):
+    """A training or scoring data folder (labelled images, masks, crops) is missing, malformed or inconsistent."""

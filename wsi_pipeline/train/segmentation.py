@@ -41,6 +41,7 @@ from ..synth.layout import Layout
 from ..synth.truth import label_region
 from .augment import SelfAdversarialAugment, SelfAdversarialConfig
 from .common import RunState, autocast, infinite, pick_device, seed_everything
+from .data_real import RealPatchDataset, RealSegDataConfig, load_real_data
 from .data_seg import Scene, SegDataConfig, SegPatchDataset, load_scenes
 from .losses import bce_adversarial_loss, dice_loss
 from .metrics import DetectionScores, PixelCounts, detection_scores, pixel_counts, polygon_detection_scores
@@ -99,9 +100,12 @@ class SegmenterTrainConfig(FrozenConfig):
     window: int = Field(256, ge=32, description="inference window (px) for validation and the exported metadata")
     overlap: int = Field(64, ge=0)
     min_area_um2: float = Field(2000.0, ge=0, description="predicted objects smaller than this are dropped")
-    select_on: Literal["dice", "det_f1", "dice+det_f1"] = "dice+det_f1"
+    # "last": export the final epoch (no selection on the validation fold, so its scores stay held-out figures)
+    select_on: Literal["dice", "det_f1", "dice+det_f1", "last"] = "dice+det_f1"
     augment: SelfAdversarialConfig | None = None
     da: DAConfig = DAConfig()
+    # real labelled data (tiles, crops pasted into tissue): replaces the phantom scenes as training / validation data
+    real: RealSegDataConfig | None = None
 
     @model_validator(mode="after")
     def _check(self) -> SegmenterTrainConfig:
@@ -111,7 +115,7 @@ class SegmenterTrainConfig(FrozenConfig):
             parse_stains(self.da.target_stains)
             if not self.da.target_seeds:
                 raise ValueError("da.target_seeds: the target domain needs layouts")
-        if not self.train_seeds or not self.val_seeds:
+        if self.real is None and (not self.train_seeds or not self.val_seeds):
             raise ValueError("train_seeds and val_seeds must not be empty")
         if set(self.train_seeds) & set(self.val_seeds):
             raise ValueError("train_seeds and val_seeds overlap: validation must use held-out layouts")
@@ -316,8 +320,10 @@ class _Trainer:
         return logs
 
 
-def _select_score(metrics: dict[str, float], select_on: str) -> float:
-    return sum(metrics[k] for k in select_on.split("+"))
+def _select_score(metrics: dict[str, float], select_on: str, epoch: int) -> float:
+    if select_on == "last":
+        return float(epoch)
+    return sum(metrics.get(k, 0.0) for k in select_on.split("+"))
 
 
 def train_segmenter(config: SegmenterTrainConfig, *, run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
@@ -335,10 +341,17 @@ def train_segmenter(config: SegmenterTrainConfig, *, run_dir: str | Path, progre
     data = config.data
     cache = Path(config.cache_dir)
     load = {"config": data, "cache_dir": cache, "workers": config.render_workers}
-    src_scenes = load_scenes(config.train_seeds, config.stains, **load)  # type: ignore[arg-type]
-    val_scenes = load_scenes(config.val_seeds, config.val_stains, **load)  # type: ignore[arg-type]
     n_items = config.steps_per_epoch * config.batch_size
-    src = SegPatchDataset(src_scenes, config=data, length=n_items, seed=config.seed)
+    src: SegPatchDataset | RealPatchDataset
+    if config.real is not None:
+        real = load_real_data(config.real, mpp=data.mpp)
+        val_scenes = real.val
+        src = RealPatchDataset(real.train, real.crops, config=config.real, mpp=data.mpp, patch=data.patch,
+                               glomerulus_fraction=data.glomerulus_fraction, length=n_items, seed=config.seed)
+    else:
+        src_scenes = load_scenes(config.train_seeds, config.stains, **load)  # type: ignore[arg-type]
+        val_scenes = load_scenes(config.val_seeds, config.val_stains, **load)  # type: ignore[arg-type]
+        src = SegPatchDataset(src_scenes, config=data, length=n_items, seed=config.seed)
     tgt: SegPatchDataset | None = None
     if config.da.mode != "none":
         tgt_scenes = load_scenes(config.da.target_seeds, config.da.target_stains, **load)  # type: ignore[arg-type]
@@ -381,11 +394,12 @@ def train_segmenter(config: SegmenterTrainConfig, *, run_dir: str | Path, progre
                 nets.sched["D"].step()
             bar.set_postfix({k: f"{v:.3f}" for k, v in logs.items()})
         metrics = {k: v / config.steps_per_epoch for k, v in sums.items()}
-        metrics.update({f"val_{k}": v for k, v in evaluate_scenes(nets.g, val_scenes, config=config,
-                                                                   device=device).items()})
+        if val_scenes:
+            metrics.update({f"val_{k}": v for k, v in evaluate_scenes(nets.g, val_scenes, config=config,
+                                                                       device=device).items()})
         nets.g.train()
         val = {k[4:]: v for k, v in metrics.items() if k.startswith("val_")}
-        metrics["select"] = _select_score(val, config.select_on)
+        metrics["select"] = _select_score(val, config.select_on, epoch)
         metrics["lr"] = nets.opt["G"].param_groups[0]["lr"]
         metrics["phase_" + phase] = 1.0
         if eligible(metrics) and (best is None or metrics["select"] > best["select"]):
