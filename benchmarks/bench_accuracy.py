@@ -89,13 +89,33 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--mpp", type=float, default=None, help="with --labelled: um/px of every image (else mpp.json)")
     p.add_argument("--label-stain", default=None, help="with --labelled: stain name for every image")
     p.add_argument("--only", default=None, help="with --labelled: comma-separated image names to score")
+    p.add_argument("--cv-runs", type=Path, default=None,
+                   help="with --labelled: a folder of fold-k segmenter runs; each scores its own held-out fold")
     p.add_argument("--min-truth-um2", type=float, default=2000.0,
                    help="with --labelled: truth objects smaller than this are left out of the object scores")
     args = p.parse_args(argv)
     if args.labelled is not None:
-        from benchmarks.bench_labelled import run_labelled
+        from benchmarks.bench_labelled import run_labelled, run_unlabelled
         from workflows.job_config import load_job_config as _load
+        from wsi_pipeline.labelled import IMAGE_SUFFIXES
 
+        if not (args.labelled / "masks").is_dir():  # no masks: find glomeruli, recognise stains, draw overlays
+            if args.mpp is None:
+                raise SystemExit(f"{args.labelled}: images without masks need --mpp")
+            images = sorted(p for p in args.labelled.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            found = run_unlabelled(images, args.out.resolve(), config=_load(args.config), mpp=args.mpp,
+                                   workers=args.workers)
+            for row in found["images"]:
+                print(f"{row['name']}: {row['stain_recognised']}, {row['glomeruli']} glomeruli {row['areas_um2']}")
+            return
+
+        if args.cv_runs is not None:
+            from benchmarks.bench_labelled import run_cv
+
+            results = run_cv(args.labelled, args.cv_runs, args.out.resolve(), config=_load(args.config),
+                             min_truth_um2=args.min_truth_um2, workers=args.workers)
+            print((args.out / "results.md").read_text())
+            return
         results = run_labelled(args.labelled, args.out.resolve(), config=_load(args.config), mpp=args.mpp,
                                stain=args.label_stain, only=args.only.split(",") if args.only else None,
                                min_truth_um2=args.min_truth_um2, workers=args.workers)

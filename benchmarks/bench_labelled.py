@@ -137,6 +137,77 @@ def run_labelled(folder: Path, out: Path, *, config: Any, mpp: float | None = No
     return results
 
 
+def run_cv(folder: Path, runs: Path, out: Path, *, config: Any, min_truth_um2: float = 2000.0,
+           workers: int = 2) -> dict[str, Any]:
+    """Cross-validation through the job: every ``runs/fold-k`` (a segmenter run with ``real.fold = k``) scores the
+    images of its own held-out fold (the split its training used), with its own exported weights; pooled after."""
+    from wsi_pipeline.labelled import contiguous_groups, read_labelled_folder
+
+    items = read_labelled_folder(folder)
+    fold_runs = sorted(p for p in runs.iterdir() if (p / "segmenter.safetensors").exists())
+    if not fold_runs:
+        raise SystemExit(f"{runs}: no fold-*/segmenter.safetensors")
+    rows, per_fold = [], {}
+    for run in fold_runs:
+        train_cfg = json.loads((run / "config.json").read_text())
+        real = train_cfg.get("real") or {}
+        k, n = real.get("fold"), real.get("n_folds", 5)
+        if k is None:
+            continue
+        names = [name for name, f in contiguous_groups(items, n).items() if f == k]
+        fold_cfg = config.model_copy(update={"segment": config.segment.model_copy(
+            update={"weights": str((run / "segmenter.safetensors").resolve())})})
+        res = run_labelled(folder, out / run.name, config=fold_cfg, only=names, min_truth_um2=min_truth_um2,
+                           workers=workers)
+        per_fold[run.name] = res["pooled"]
+        rows += [{**r, "fold": k} for r in res["images"]]
+    results = {"folder": str(folder), "models": f"{runs}/fold-*", "min_truth_um2": min_truth_um2, "images": rows,
+               "per_fold": per_fold, "per_stain": {}, "pooled": _pool(rows)}
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    lines = [markdown_labelled(results), "", "| fold | images | glomeruli | precision | recall | F1 | pixel Dice |",
+             "|---|---|---|---|---|---|---|"]
+    for name, p in per_fold.items():
+        lines.append(f"| {name} | {p['images']} | {p['truth']} | {p['precision']:.3f} | {p['recall']:.3f} | "
+                     f"{p['f1']:.3f} | {p['dice']:.3f} |")
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    return results
+
+
+def run_unlabelled(images: list[Path], out: Path, *, config: Any, mpp: float, workers: int = 2) -> dict[str, Any]:
+    """Images without masks (e.g. the real stain patches): each written as a slide, segmented by the job, its stain
+    recognised; returns the glomeruli found per image and writes ``OUT/overlays.jpg`` (prediction in magenta)."""
+    from tqdm import tqdm
+
+    from workflows.slide_job import run_slide
+    from wsi_pipeline.export import write_pyramidal_tiff
+    from wsi_pipeline.labelled import read_rgb
+    from wsi_pipeline.stain.recognise import recognise_stain
+
+    (out / "slides").mkdir(parents=True, exist_ok=True)
+    rows, tiles = [], []
+    for path in tqdm(images, desc="images", unit="image"):
+        image = read_rgb(path)
+        slide = out / "slides" / f"{path.stem}.svs"
+        if not slide.exists():
+            write_pyramidal_tiff(slide, lambda x, y, w, h, a=image: a[y:y + h, x:x + w],
+                                 size=(image.shape[1], image.shape[0]), mpp=mpp, quality=90, flavor="svs")
+        entry = run_slide(slide, out / "jobs", config=config, task="segment", workers=workers)
+        polys = (_polygons_of(Path(entry["output"]) / "glomeruli.geojson")
+                 if entry["status"] in ("ok", "skipped") else [])
+        small = np.asarray(Image.fromarray(image).resize((256, 256), Image.BOX))
+        stain = (entry.get("counts") or {}).get("stain") or recognise_stain(small).stain
+        rows.append({"name": path.stem, "status": entry["status"], "stain_recognised": stain,
+                     "glomeruli": len(polys), "areas_um2": [round(p.area * mpp**2) for p in polys]})
+        tiles.append(_overlay(image, np.zeros(image.shape[:2], np.uint16), polys))
+    results = {"images": rows, "mpp": mpp, "models": str(config.segment.weights)}
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    cols = min(6, len(tiles))
+    grid = [np.concatenate(tiles[i:i + cols] + [np.full_like(tiles[0], 255)] * (cols - len(tiles[i:i + cols])), 1)
+            for i in range(0, len(tiles), cols)]
+    Image.fromarray(np.concatenate(grid, 0)).save(out / "overlays.jpg", quality=88)
+    return results
+
+
 def markdown_labelled(results: dict[str, Any]) -> str:
     """The results as tables: one row per image, per stain, pooled."""
     lines = [f"# Segmentation on labelled images: {results['folder']}", "",
@@ -153,4 +224,4 @@ def markdown_labelled(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["markdown_labelled", "run_labelled", "score_image"]
+__all__ = ["markdown_labelled", "run_cv", "run_labelled", "run_unlabelled", "score_image"]

@@ -41,7 +41,7 @@ from ..synth.layout import Layout
 from ..synth.truth import label_region
 from .augment import SelfAdversarialAugment, SelfAdversarialConfig
 from .common import RunState, autocast, infinite, pick_device, seed_everything
-from .data_real import RealPatchDataset, RealSegDataConfig, load_real_data
+from .data_seg_real import RealPatchDataset, RealSegDataConfig, load_real_data
 from .data_seg import Scene, SegDataConfig, SegPatchDataset, load_scenes
 from .losses import bce_adversarial_loss, dice_loss
 from .metrics import DetectionScores, PixelCounts, detection_scores, pixel_counts, polygon_detection_scores

@@ -18,7 +18,7 @@ from wsi_pipeline.errors import ConfigError, DataError
 from wsi_pipeline.labelled import contiguous_groups, read_instance_mask, read_labelled_folder
 from wsi_pipeline.stain.recognise import recognise_stain
 from wsi_pipeline.train.appearance import AppearanceConfig, augment_appearance, degrade_optics, recolour
-from wsi_pipeline.train.data_real import (
+from wsi_pipeline.train.data_seg_real import (
     RealPatchDataset,
     RealSegDataConfig,
     crop_folds,
