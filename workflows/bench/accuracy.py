@@ -1,6 +1,6 @@
 """Accuracy benchmark: the default slide job on held-out phantom slides, scored against their truth GeoJSON.
 
-    python -m benchmarks.bench_accuracy --out bench-out/accuracy [--seeds 31-40] [--size 8192] [--config FILE]
+    python -m workflows.bench.accuracy --out bench-out/accuracy [--seeds 31-40] [--size 8192] [--config FILE]
     wsi-pipeline bench accuracy --out bench-out/accuracy ...      (the same, from the CLI)
 
 Each seed is its own phantom layout with its own stain strength, blur, noise and JPEG quality (none of the seeds
@@ -88,10 +88,9 @@ def main(argv: list[str] | None = None) -> None:
 
     from tqdm import tqdm
 
-    from workflows.cmd_demo import evaluate
     from workflows.job_config import load_job_config
     from workflows.slide_job import run_slide
-    from wsi_pipeline.annotations import qupath_problems
+    from wsi_pipeline.annotations import evaluate_geojson, qupath_problems
     from wsi_pipeline.synth import write_phantom
 
     out = args.out.resolve()
@@ -111,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
         if entry["status"] != "ok" and entry["status"] != "skipped":
             raise SystemExit(f"seed {seed}: job {entry['status']}: {entry['reason']}")
         pred = Path(entry["output"]) / "glomeruli.geojson"
-        scores = evaluate(pred, truth)
+        scores = evaluate_geojson(pred, truth)
         problems = qupath_problems(json.loads(pred.read_text()))
         pairs += scores.pop("class_pairs")
         slides.append({"seed": seed, "truth": scores["tp"] + scores["fn"], **scores,
