@@ -211,7 +211,7 @@ class _SlideJob:
 
     def tile(self, mpp: float) -> str:
         plan = self.plan
-        tcfg = plan.tile_config(self.config, mpp=mpp)
+        tcfg = self.config.tile.model_copy(update={"mpp": mpp})  # the job tiles at the segmentation resolution
         digest = digest_of("tile", tcfg.to_dict(), plan.source)
 
         def body() -> tuple[list[Path], dict[str, Any]]:

@@ -25,7 +25,7 @@ from wsi_pipeline.infer import TiledInferenceConfig
 from wsi_pipeline.infer.classify import CropSpec, G2CModel
 from wsi_pipeline.infer.loaders import G2C_ARCH, GENERATOR_ARCH, SEGMENTER_ARCH, load_g2c
 from wsi_pipeline.slide import Slide, open_slide
-from wsi_pipeline.tiling import StoreInfo, TileConfig, read_store_info, tissue_chunks
+from wsi_pipeline.tiling import StoreInfo, read_store_info, tissue_chunks
 from wsi_pipeline.weights import WeightsRef, checked_record, resolve_weights
 
 from .job_config import ClassifySection, JobConfig
@@ -180,10 +180,6 @@ class SlidePlan:
     @property
     def level0_size(self) -> tuple[int, int]:
         return self.slide.dimensions
-
-    def tile_config(self, config: JobConfig, *, mpp: float) -> TileConfig:
-        """The job's tiling settings at the segmentation resolution ``mpp``."""
-        return config.tile.model_copy(update={"mpp": mpp})
 
     # -- the tiled store -------------------------------------------------------------------------------------------
     def set_store(self, info: StoreInfo) -> None:

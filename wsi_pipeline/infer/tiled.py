@@ -30,6 +30,7 @@ from .blend import ModelFn, WeightKind, predict_tiled
 from .layout import Layout
 
 PredictorFactory = Callable[[], ModelFn]
+_IN_PROCESS = ("threads", "threading", "sync", "synchronous", "single-threaded")  # Dask schedulers in this process
 _register_jpeg_codec()  # workers read tiled stores whose chunks may be JPEG tiles
 
 
@@ -213,6 +214,10 @@ def predict_zarr(
         owned = [(cy, cx) for cy in range(cy0, cy1) for cx in range(cx0, cx1) if chunk_mask[cy, cx]]
         if owned:
             tasks.append(dask.delayed(_predict_block, pure=False)(arr, out, block, owned, predictor_factory, config))
+    if tasks and scheduler in _IN_PROCESS:
+        # the pool threads share one model: build it here, so torch also starts its own thread pool from the
+        # calling thread (a first forward from a pool thread made the segmentation stage 2-3x slower on CPU)
+        cached_predictor(predictor_factory)
     written = sum(dask.compute(*tasks, scheduler=scheduler)) if tasks else 0
     out.attrs["chunks_written"] = int(written)
     return out

@@ -159,10 +159,18 @@ def file_sha256(path: str | Path) -> str:
 
 def read_record(path: str | Path) -> ModelRecord:
     """What a checkpoint says about itself (arch, validated config, metadata, file SHA-256), read from its
-    ``.safetensors`` header only: no tensors loaded, no network built."""
+    ``.safetensors`` header only: no tensors loaded, no network built.
+
+    >>> import tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "g.safetensors"
+    >>> _ = save_model(define("patchgan", {"ndf": 8}), path, arch="patchgan", config={"ndf": 8}, metadata={"mpp": 2.0})
+    >>> record = read_record(path)
+    >>> record.arch, record.config.ndf, record.metadata["mpp"], record.sha256 == file_sha256(path)
+    ('patchgan', 8, 2.0, True)
+    """
     path = Path(path)
-    if path.suffix != ".safetensors":
-        raise WeightsError(f"{path}: unsupported weights format {path.suffix!r} for a record read (use .safetensors)")
+    if path.suffix != ".safetensors":  # a legacy torch file has no separate header: load it (checked as always)
+        return load_model(path)[1]
     try:
         with open(path, "rb") as fh:
             (n,) = struct.unpack("<Q", fh.read(8))

@@ -27,7 +27,6 @@ from .shards import (
     StoreLevel,
     FILL,
     Chunk,
-    ChunkCodec,
     done_path,
     encode_chunk,
     encode_shard,
