@@ -26,18 +26,13 @@ from shapely.geometry import shape
 from torch import nn
 
 from workflows.job_config import DEFAULT_CLASS_NAMES, load_job_config
-from workflows.slide_job import read_items, run_slide, slide_stem
-from workflows.slide_ops import (
-    StoreGeometry,
-    qupath_offset,
-    tissue_chunks,
-    write_features,
-)
-from wsi_pipeline.annotations import Annotation, snap_valid
+from workflows.slide_job import run_slide, slide_stem
+from workflows.slide_plan import qupath_offset
+from wsi_pipeline.annotations import Annotation, evaluate_geojson, read_features, snap_valid, write_geojson
 from wsi_pipeline.export.tiff import write_pyramidal_tiff
 from wsi_pipeline.models.registry import define, save_model
 from wsi_pipeline.synth import write_phantom
-from wsi_pipeline.tiling import read_store_info
+from wsi_pipeline.tiling import read_store_info, tissue_chunks
 
 N_GLOMERULI = 6
 SEG_MPP = 2.0
@@ -230,8 +225,7 @@ def test_translate_writes_aligned_ome_tiff(work: dict) -> None:
         assert s.dimensions == (512, 512)
         assert float(s.properties["openslide.mpp-x"]) == pytest.approx(SEG_MPP)
         px = np.asarray(s.read_region((0, 0), 0, (512, 512)).convert("RGB"))
-    tissue = tissue_chunks(work["slide_dir"] / "slide.zarr", StoreGeometry.from_info(
-        read_store_info(work["slide_dir"] / "slide.zarr")))
+    tissue = tissue_chunks(work["slide_dir"] / "slide.zarr", read_store_info(work["slide_dir"] / "slide.zarr"))
     assert tissue.shape == (4, 4) and 0 < tissue.sum() < 16
     for (r, c), is_tissue in np.ndenumerate(tissue):
         inner = px[r * 128 + 8:(r + 1) * 128 - 8, c * 128 + 8:(c + 1) * 128 - 8]  # JPEG chroma bleeds at edges
@@ -249,11 +243,11 @@ def test_bounds_offset_applied_on_write_and_undone_on_read(tmp_path: Path) -> No
     offset = qupath_offset((1000, 250, 5000, 4000))
     assert offset == (1000, 250) and qupath_offset(None) == (0, 0)
     ann = Annotation(shapely.box(1100, 300, 1200, 420))
-    path = write_features(tmp_path / "g.geojson", [ann], bounds_offset=offset, mpp=(0.5, 0.5), metadata={})
+    path = write_geojson(tmp_path / "g.geojson", [ann], bounds_offset=offset, mpp=(0.5, 0.5))
     feat = json.loads(path.read_text())["features"][0]
     assert shape(feat["geometry"]).bounds == (100, 50, 200, 170)  # QuPath image pixels
     assert "bounds" in feat["properties"]["metadata"]["coordinates"]
-    (back,) = read_items(path, bounds_offset=offset)
+    (back,) = read_features(path, bounds_offset=offset)
     assert isinstance(back, Annotation) and back.id == ann.id and back.geometry.equals(ann.geometry)
 
 
@@ -264,7 +258,6 @@ def test_classify_mode_without_annotations_fails_naming_the_file(work: dict, tmp
 
 
 def test_demo_evaluation_scores_detection_and_classes(work: dict, tmp_path: Path) -> None:
-    from workflows.cmd_demo import evaluate
 
     truth = json.loads(work["phantom"].truth_geojson.read_text())
     pred = json.loads(json.dumps(truth))
@@ -276,7 +269,7 @@ def test_demo_evaluation_scores_detection_and_classes(work: dict, tmp_path: Path
         [[0, 0], [50, 0], [50, 50], [0, 50], [0, 0]]]}, "properties": {}})  # a false positive
     path = tmp_path / "pred.geojson"
     path.write_text(json.dumps(pred))
-    scores = evaluate(path, work["phantom"].truth_geojson)
+    scores = evaluate_geojson(path, work["phantom"].truth_geojson)
     assert (scores["tp"], scores["fp"], scores["fn"]) == (N_GLOMERULI, 1, 0)
     assert scores["f1"] == pytest.approx(2 * 6 / 13)
     assert scores["classified"] == N_GLOMERULI and scores["class_accuracy"] == pytest.approx(5 / 6)
@@ -288,9 +281,8 @@ def test_bench_accuracy_scores_the_job_against_the_truth(work: dict, tmp_path: P
     """`wsi-pipeline bench accuracy` runs the job on (cached) phantom slides and pools detection and class scores."""
     from click.testing import CliRunner
 
-    from benchmarks.bench_accuracy import class_scores, parse_seeds
+    from workflows.bench.accuracy import class_scores, parse_seeds
     from workflows.cli import cli
-    from workflows.cmd_demo import evaluate
 
     assert parse_seeds("31-33,40") == [31, 32, 33, 40]
     scores = class_scores([("noa", "noa"), ("ss", "noa"), ("ss", "ss"), ("gs", "gs")])
@@ -307,7 +299,7 @@ def test_bench_accuracy_scores_the_job_against_the_truth(work: dict, tmp_path: P
                                       "--size", "2048", "--config", str(cfg)])
     assert result.exit_code == 0, result.output
     res = json.loads((tmp_path / "bench" / "results.json").read_text())
-    direct = evaluate(tmp_path / "bench" / "jobs" / slide_stem(work["slide"]) / "glomeruli.geojson",
+    direct = evaluate_geojson(tmp_path / "bench" / "jobs" / slide_stem(work["slide"]) / "glomeruli.geojson",
                       work["phantom"].truth_geojson)
     pooled = res["pooled"]
     assert pooled["tp"] + pooled["fn"] == N_GLOMERULI and pooled["qupath_problems"] == 0

@@ -19,8 +19,8 @@ from wsi_pipeline.errors import NoTissueError, StoreError
 from wsi_pipeline.export.tiff import write_pyramidal_tiff
 from wsi_pipeline.slide import open_slide
 from wsi_pipeline.tiling import TileConfig, read_store_info, tile_slide
-from wsi_pipeline.tiling_core import area_resample, plan_tiling, reduce2
-from wsi_pipeline.tiling_store import written_chunks
+from wsi_pipeline.tiling.plan import area_resample, plan_tiling, reduce2
+from wsi_pipeline.tiling.shards import written_chunks
 
 ROOT = Path(__file__).resolve().parents[1]
 PAS = ROOT.parent / "shared" / "data" / "kidney-stains" / "orig_patch_stain_02.png"
@@ -140,7 +140,7 @@ def test_tiling_a_scanner_mpp_reduces_the_nearest_level(slide_path: Path, tmp_pa
     same, half = tile("a.zarr", 2.0), tile("b.zarr", 4.0)
     assert (same.level, same.scale, half.level, half.scale) == (3, 1.0, 3, 2.0)
     assert same.mpp == pytest.approx(0.2528 * ds[3]) and half.mpp == pytest.approx(0.2528 * ds[3] * 2)
-    assert read_store_info(tmp_path / "b.zarr")["geometry"]["mpp"] == pytest.approx(half.mpp)
+    assert read_store_info(tmp_path / "b.zarr").geometry.mpp == pytest.approx(half.mpp)
     # chunks from (1, 1) on are all tissue
     assert np.array_equal(_rgb(zarr.open_group(tmp_path / "a.zarr", mode="r")["0"], 64, 64, 223 - 64, 294 - 64),
                           level3[64:, 64:])
@@ -235,9 +235,9 @@ def test_only_tissue_chunks_written_and_pyramid(slide_path: Path, tmp_path: Path
     assert ms["datasets"][1]["coordinateTransformations"][0]["scale"] == [1.0, 0.5, 0.5]
     assert max(group[ms["datasets"][-1]["path"]].shape[1:]) <= 128
     info = read_store_info(store)
-    assert info["complete"] and info["geometry"]["scale_level0"] == [1.0, 1.0]
-    assert info["source"]["mpp"] == [0.25, 0.25] and info["source"]["mpp_source"] == "file"
-    assert info["tissue"]["polygons_level0"]["type"] == "MultiPolygon"
+    assert info.complete and info.geometry.scale == (1.0, 1.0)
+    assert info.source["mpp"] == [0.25, 0.25] and info.source["mpp_source"] == "file"
+    assert info.tissue.polygons_level0 is not None and info.tissue.polygons_level0["type"] == "MultiPolygon"
     assert group["tissue_mask"][:].any()
 
 
@@ -329,7 +329,7 @@ def test_cli_tile(slide_path: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["tile", str(slide_path), "--out", str(out), "--mpp", "0.5", "--tile", "128",
                                       "--workers", "2", "--no-progress"])
     assert result.exit_code == 0, result.output
-    assert "chunks" in result.output and read_store_info(out)["geometry"]["mpp"] == pytest.approx(0.5, rel=1e-3)
+    assert "chunks" in result.output and read_store_info(out).geometry.mpp == pytest.approx(0.5, rel=1e-3)
     again = CliRunner().invoke(cli, ["tile", str(slide_path), "--out", str(out), "--tile", "256", "--no-progress"])
     assert again.exit_code != 0 and "settings digest" in str(again.exception or again.output)
 
@@ -350,14 +350,14 @@ def test_compressed_chunks_read_back_through_zarr(slide_path: Path, tmp_path: Pa
 def test_read_region_path_matches_direct_decode(slide_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                 mpp: float | None) -> None:
     """Slides without a direct tile decoder (non-TIFF vendors) go through read_region: same pixels."""
-    import wsi_pipeline.tiling as tiling
-    import wsi_pipeline.tiling_tasks as tasks
+    import wsi_pipeline.tiling.run as run
+    import wsi_pipeline.tiling.tasks as tasks
 
     cfg = TileConfig(tile=256, mpp=mpp, compressor="none")
     tile_slide(slide_path, tmp_path / "fast.zarr", config=cfg, progress=False)
     copied = tile_slide(slide_path, tmp_path / "copied.zarr", config=TileConfig(tile=256, mpp=mpp), progress=False)
     assert copied.copied == (mpp is None)
-    for module in (tiling, tasks):
+    for module in (run, tasks):
         monkeypatch.setattr(module, "worker_decoder", lambda slide, level: None)
     tile_slide(slide_path, tmp_path / "slow.zarr", config=cfg, progress=False)
     assert _files(tmp_path / "fast.zarr") == _files(tmp_path / "slow.zarr")

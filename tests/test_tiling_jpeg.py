@@ -18,7 +18,7 @@ from PIL import Image
 
 from wsi_pipeline.errors import StoreError
 from wsi_pipeline.export.tiff import aperio_description, write_pyramidal_tiff
-from wsi_pipeline.jpeg_codec import (
+from wsi_pipeline.tiling.codec import (
     JpegTilesCodec,
     decode_jpeg_chunk,
     encode_jpeg_chunk,
@@ -26,9 +26,9 @@ from wsi_pipeline.jpeg_codec import (
 )
 from wsi_pipeline.slide import open_slide
 from wsi_pipeline.tiling import TileConfig, read_store_info, tile_slide
-from wsi_pipeline.tiling_core import SourceLevel, plan_pyramid, plan_tiling, reduce2
-from wsi_pipeline.tiling_store import JpegChunks, create_image_array, written_chunks
-from wsi_pipeline.tiling_tasks import worker_decoder
+from wsi_pipeline.tiling.plan import SourceLevel, plan_pyramid, plan_tiling, reduce2
+from wsi_pipeline.tiling.shards import JpegChunks, create_image_array, written_chunks
+from wsi_pipeline.tiling.tasks import worker_decoder
 
 ROOT = Path(__file__).resolve().parents[1]
 PAS = ROOT.parent / "shared" / "data" / "kidney-stains" / "orig_patch_stain_02.png"
@@ -123,8 +123,8 @@ def test_copied_tiles_are_the_slides_pixels(slide_path: Path, tmp_path: Path, ti
     group = zarr.open_group(store, mode="r")
     info = read_store_info(store)
     extra = [None] if tile < 294 else []  # the slide's coarsest level is 294 px wide: one 2x mean more
-    assert [lv["copied_from_level"] for lv in info["pyramid"]] == [0, 1, 2, 3, *extra]
-    assert [lv["factor"] for lv in info["pyramid"]] == [1, 2, 4, 8, 16][:4 + len(extra)]
+    assert [lv.copied_from_level for lv in info.pyramid] == [0, 1, 2, 3, *extra]
+    assert [lv.factor for lv in info.pyramid] == [1, 2, 4, 8, 16][:4 + len(extra)]
     assert group["0"].metadata.codecs[0].codecs[1] == JpegTilesCodec(tile_shape=(256, 256), quality=90)
     with open_slide(slide_path) as slide:
         # odd offsets, windows across stored-tile and chunk seams, the bottom-right edge, the last row
@@ -164,7 +164,7 @@ def test_aperio_4x_levels_are_copied(aperio4x_path: Path, tmp_path: Path) -> Non
     assert res.copied
     group = zarr.open_group(store, mode="r")
     info = read_store_info(store)
-    assert [(lv["factor"], lv["copied_from_level"]) for lv in info["pyramid"]] == [
+    assert [(lv.factor, lv.copied_from_level) for lv in info.pyramid] == [
         (1, 0), (4, 1), (8, None), (16, None)]
     ms = group.attrs["ome"]["multiscales"][0]["datasets"]
     assert [d["coordinateTransformations"][0]["scale"][1] for d in ms] == [0.25, 1.0, 2.0, 4.0]
@@ -254,7 +254,7 @@ def test_settings_digest_covers_the_chunk_format(slide_path: Path, tmp_path: Pat
             tile_slide(slide_path, store, config=other, progress=False)
     raw = tile_slide(slide_path, store, config=TileConfig(tile=256, compressor="none"), overwrite=True,
                      progress=False)
-    assert not raw.copied and read_store_info(store)["pyramid"][0]["chunks"]["kind"] == "raw"
+    assert not raw.copied and read_store_info(store).pyramid[0].chunks["kind"] == "raw"
 
 
 def test_jpeg_compressor_encodes_what_cannot_be_copied(slide_path: Path, tmp_path: Path) -> None:
@@ -271,7 +271,7 @@ def test_jpeg_compressor_encodes_what_cannot_be_copied(slide_path: Path, tmp_pat
 
 _KILLABLE = """
 import sys, time
-import wsi_pipeline.tiling_tasks as tasks
+import wsi_pipeline.tiling.tasks as tasks
 from wsi_pipeline.tiling import TileConfig, tile_slide
 write = tasks.write_atomic
 def slow_write(path, data):  # copying is too quick to interrupt: same bytes, later

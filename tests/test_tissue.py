@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from shapely.geometry import box
 
-from wsi_pipeline.tissue import detect_tissue, optical_density
+from wsi_pipeline.tissue import detect_tissue
 
 STAIN_FILES = sorted((Path(__file__).resolve().parents[2] / "shared" / "data" / "kidney-stains").glob("*.png"))
 
@@ -84,7 +84,6 @@ def test_arguments_are_validated() -> None:
         detect_tissue(img.astype(np.float32), downsample=1, mpp=0.5)
     with pytest.raises(ValueError, match="mpp"):
         detect_tissue(img, downsample=1, mpp=-1.0)
-    assert optical_density(img).max() == 0.0
 
 
 def test_phantom_slide_tissue_iou(tmp_path: Path) -> None:

@@ -2,7 +2,8 @@
 
 Synthesizes a seeded PAS kidney phantom (small enough for the whole job to finish in a few minutes on two CPU
 cores), runs the default slide job on it with the shipped weights, matches the resulting GeoJSON against the
-phantom's truth GeoJSON (detection F1 at IoU 0.5, class accuracy of the matched glomeruli) and prints a summary
+phantom's truth GeoJSON (:func:`wsi_pipeline.annotations.evaluate_geojson`: detection F1 at IoU 0.5, class
+accuracy of the matched glomeruli) and prints a summary
 table with the output paths. Missing shipped weights are reported, never replaced: without the segmenter the demo
 stops after tiling; without G2C it segments but does not classify.
 """
@@ -12,49 +13,8 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
 
 import click
-
-
-def evaluate(pred_geojson: Path, truth_geojson: Path, *, iou_threshold: float = 0.5) -> dict[str, Any]:
-    """Detection F1 / precision / recall at ``iou_threshold``, the area Dice of all predicted vs all true glomeruli,
-    and the class accuracy of matched pairs.
-
-    ``class_pairs`` lists ``(truth code, predicted code)`` of every matched, classified glomerulus.
-
-    A predicted class is the largest of its ``p_<code>`` measurements; the truth's is the code after ``": "`` in
-    its class name (``"Glomerulus: gs"``).
-    """
-    from shapely.geometry import shape
-    from shapely.ops import unary_union
-
-    from wsi_pipeline.train.metrics import polygon_detection_scores
-
-    pred = json.loads(pred_geojson.read_text())["features"]
-    truth = json.loads(truth_geojson.read_text())["features"]
-    pg, tg = [shape(f["geometry"]) for f in pred], [shape(f["geometry"]) for f in truth]
-    scores = polygon_detection_scores(pg, tg, iou_threshold=iou_threshold)
-    pu, tu = unary_union(pg), unary_union(tg)  # area Dice of the glomerulus masks, exact on the polygons
-    dice = 2 * pu.intersection(tu).area / (pu.area + tu.area) if pu.area + tu.area > 0 else 1.0
-    pairs = []
-    for i, g in enumerate(pg):
-        best = max(range(len(tg)), key=lambda j: g.intersection(tg[j]).area, default=None)
-        if best is not None:
-            inter = g.intersection(tg[best]).area
-            if inter / (g.area + tg[best].area - inter) >= iou_threshold:
-                pairs.append((i, best))
-    classes: list[tuple[str, str]] = []  # (truth code, predicted code) of each matched, classified glomerulus
-    for i, j in pairs:
-        probs = {k[2:]: v for k, v in (pred[i]["properties"].get("measurements") or {}).items() if k.startswith("p_")}
-        if not probs:
-            continue
-        truth_code = str(truth[j]["properties"]["classification"]["name"]).split(": ")[-1]
-        classes.append((truth_code, max(probs, key=probs.__getitem__)))
-    correct = sum(t == p for t, p in classes)
-    return {"f1": scores.f1, "precision": scores.precision, "recall": scores.recall, "tp": scores.tp,
-            "fp": scores.fp, "fn": scores.fn, "mean_iou": scores.mean_iou, "dice": dice, "classified": len(classes),
-            "class_accuracy": correct / len(classes) if classes else None, "class_pairs": classes}
 
 
 def _missing_weights() -> dict[str, str]:
@@ -84,6 +44,7 @@ def command(out_dir: Path, size: int, seed: int, workers: int, config_path: Path
     from rich.console import Console
     from rich.table import Table
 
+    from wsi_pipeline.annotations import evaluate_geojson
     from wsi_pipeline.synth import write_phantom
     from wsi_pipeline.tiling import TileConfig, tile_slide
 
@@ -123,7 +84,7 @@ def command(out_dir: Path, size: int, seed: int, workers: int, config_path: Path
         console.print(table)
         raise click.ClickException(f"the job ended with status {entry['status']}: {entry['reason']}")
     slide_dir = Path(entry["output"])
-    scores = evaluate(slide_dir / "glomeruli.geojson", phantom.truth_geojson)
+    scores = evaluate_geojson(slide_dir / "glomeruli.geojson", phantom.truth_geojson)
     counts = entry["counts"]
     classes = ", ".join(f"{k} {v}" for k, v in sorted((counts.get("classes") or {}).items()))
     table.add_row("glomeruli found", f"{counts.get('glomeruli')}" + (f" ({classes})" if classes else ""))
@@ -146,4 +107,4 @@ def command(out_dir: Path, size: int, seed: int, workers: int, config_path: Path
         console.print("[yellow]Segmented only: G2C classification needs the shipped g2c weights.[/]")
 
 
-__all__ = ["command", "evaluate"]
+__all__ = ["command"]

@@ -16,7 +16,7 @@ import click
 @click.option("--scheduler", default=None, help="Address of a running dask.distributed scheduler instead.")
 @click.option("--mpp-override", type=float, default=None, help="Use this MPP instead of the slide's (recorded).")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="YAML with a `tile:` section [default: configs/tile.yaml values].")
+              help="YAML with a `tile:` section [default: configs/tile.yaml].")
 @click.option("--overwrite", is_flag=True, help="Replace a store written with other settings.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def command(slide: Path, out: Path, mpp: float | None, tile: int | None, workers: int | None,
@@ -27,6 +27,7 @@ def command(slide: Path, out: Path, mpp: float | None, tile: int | None, workers
     from wsi_pipeline.errors import NoTissueError
     from wsi_pipeline.tiling import TileConfig, tile_slide
 
+    config_path = config_path or default_tile_config()
     cfg = load_config(config_path, TileConfig, section="tile") if config_path else TileConfig()
     updates = {k: v for k, v in (("mpp", mpp), ("tile", tile)) if v is not None}
     if updates:
@@ -54,4 +55,11 @@ def command(slide: Path, out: Path, mpp: float | None, tile: int | None, workers
                f"{res.chunks_tissue} of {res.chunks_total} chunks hold tissue; {state}; {res.seconds:.1f} s")
 
 
-__all__ = ["command"]
+def default_tile_config() -> Path | None:
+    """``configs/tile.yaml`` of the source tree this package runs from (absent in an installed wheel: the code's
+    defaults, which that file repeats)."""
+    path = Path(__file__).resolve().parents[1] / "configs" / "tile.yaml"
+    return path if path.is_file() else None
+
+
+__all__ = ["command", "default_tile_config"]

@@ -14,12 +14,14 @@ or by a path (relative paths resolve against the config file's folder).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
 
 from wsi_pipeline.config import FrozenConfig, load_config
 from wsi_pipeline.infer.blend import WeightKind
+from wsi_pipeline.infer.tiled import TiledInferenceConfig
+from wsi_pipeline.tiling.plan import TileConfig
 
 Task = Literal["segment", "classify", "translate", "full"]
 TASKS: tuple[str, ...] = ("full", "segment", "classify", "translate")
@@ -32,29 +34,52 @@ DEFAULT_CLASS_NAMES: dict[str, str] = {
 }
 
 
-class TileSection(FrozenConfig):
-    """Tiling of the tissue into ``slide.zarr`` (the resolution is the segmentation's)."""
+class BlendSection(FrozenConfig):
+    """Blending of a tiled model pass over the store (segmentation, virtual stains): the job-level form of
+    :class:`~wsi_pipeline.infer.TiledInferenceConfig`, whose window may be left to :func:`block_window`."""
 
-    tile: int = Field(512, ge=64, le=8192)
-    task_px: int = Field(2048, ge=64)
-    mpp_tolerance: float = Field(0.05, ge=0, lt=0.5)  # TileConfig.mpp_tolerance: copy / whole-factor reduce
-    thumbnail_px: int = Field(1024, ge=64)
-    min_tissue_um2: float = Field(20_000.0, ge=0)
-    pyramid: bool = True
-
-
-class SegmentSection(FrozenConfig):
-    """Blended tiled segmentation; ``None`` values come from the segmenter's record (then the fallbacks)."""
-
-    weights: str = "segmenter"
-    mpp: float | None = Field(None, gt=0)  # fallback 2.0
-    window: int | None = Field(None, ge=32)  # fallback 512
+    window: int | None = Field(None, ge=32)
     overlap: int = Field(64, ge=0)
     margin: int = Field(16, ge=0)
     weight: WeightKind = "gaussian"
-    threshold: float | None = Field(None, gt=0, lt=1)  # fallback 0.5
     batch_size: int = Field(4, ge=1)
     block_chunks: int = Field(2, ge=1)
+
+    def inference(self, *, tile: int, minimum_window: int) -> TiledInferenceConfig:
+        """The tiled-inference settings over ``tile``-px chunks: the configured window, else the smallest one of at
+        least ``minimum_window`` that tiles a block (+ halo) without a ragged last window; overlap and margin
+        clamped to what the window allows."""
+        window = self.window or block_window(tile * self.block_chunks + 2 * self.overlap, overlap=self.overlap,
+                                             minimum=minimum_window)
+        overlap = min(self.overlap, window // 2)
+        return TiledInferenceConfig(window=window, overlap=overlap, margin=min(self.margin, overlap // 2),
+                                    batch_size=self.batch_size, weight=self.weight, dtype="uint8",
+                                    block_chunks=self.block_chunks)
+
+
+def block_window(region: int, *, overlap: int, minimum: int, multiple: int = 32) -> int:
+    """The smallest window (>= ``minimum``, a multiple of ``multiple``) tiling a ``region``-px block with
+    ``overlap`` in as few windows as ``minimum`` allows, so no ragged last window recomputes most of its pixels.
+
+    A 1024-px block with a 64-px halo is 1152 px: 512-px windows need 3 per side (2.25x the block's pixels
+    forwarded), 608-px windows 2 (1.41x); the network is fully convolutional, so only the cost changes.
+
+    >>> block_window(1152, overlap=64, minimum=512), block_window(300, overlap=64, minimum=512)
+    (608, 512)
+    """
+    if region <= minimum:
+        return minimum
+    n = max(1, (region - overlap) // (minimum - overlap))
+    window = -(-(region + (n - 1) * overlap) // n)
+    return max(minimum, -(-window // multiple) * multiple)
+
+
+class SegmentSection(BlendSection):
+    """Blended tiled segmentation; ``None`` values come from the segmenter's record (then the fallbacks)."""
+
+    weights: str = "segmenter"
+    mpp: float | None = Field(None, gt=0)  # fallback 2.0; also the tiling resolution unless tile.mpp is set
+    threshold: float | None = Field(None, gt=0, lt=1)  # fallback 0.5
 
 
 class PolygonSection(FrozenConfig):
@@ -79,20 +104,13 @@ class ClassifySection(FrozenConfig):
     class_names: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_CLASS_NAMES))
 
 
-class TranslateSection(FrozenConfig):
-    """Whole-slide virtual stains (``--task translate``) at the tiled resolution."""
+class TranslateSection(BlendSection):
+    """Whole-slide virtual stains (``--task translate``) at the tiled resolution; no window: 608 px for 512-px
+    chunks (1.4x the block's pixels forwarded, against 2.3x with 256-px windows)."""
 
     stains: tuple[str, ...] = ("HE", "MASSON", "PASM")
     generators: dict[str, str] = Field(default_factory=lambda: {
         "HE": "generator-PAS-HE", "MASSON": "generator-PAS-MASSON", "PASM": "generator-PAS-PASM"})
-    # None: the smallest window >= 512 px that tiles a block (+ halo) without a ragged last window (608 px for
-    # 512-px chunks: 1.4x the block's pixels forwarded, against 2.3x with 256-px windows)
-    window: int | None = Field(None, ge=32)
-    overlap: int = Field(64, ge=0)
-    margin: int = Field(16, ge=0)
-    weight: WeightKind = "gaussian"
-    batch_size: int = Field(4, ge=1)
-    block_chunks: int = Field(2, ge=1)
     tiff_tile: int = Field(256, ge=16)
     tiff_quality: int = Field(90, ge=1, le=100)
 
@@ -108,13 +126,19 @@ class JobConfig(FrozenConfig):
     """Everything one slide job needs besides the slide: settings per stage."""
 
     device: str = "auto"
-    tile: TileSection = TileSection()
+    tile: TileConfig = TileConfig()  # mpp None: the segmentation's
     segment: SegmentSection = SegmentSection()
     polygons: PolygonSection = PolygonSection()
     classify: ClassifySection = ClassifySection()
     translate: TranslateSection = TranslateSection()
     overlay_px: int = Field(2048, ge=128)  # longest side of overlay.png
     base_dir: str | None = None  # folder relative weight paths resolve against (the config file's)
+
+    @model_validator(mode="after")
+    def _tile_at_segmentation_mpp(self) -> JobConfig:
+        if self.tile.mpp is not None:
+            raise ValueError("tile.mpp must be null: the job tiles at the segmentation resolution (set segment.mpp)")
+        return self
 
 
 def load_job_config(path: str | Path | None) -> JobConfig:
@@ -127,16 +151,5 @@ def load_job_config(path: str | Path | None) -> JobConfig:
     return cfg
 
 
-def with_updates(config: JobConfig, updates: dict[str, Any], *, source: str = "overrides") -> JobConfig:
-    """A copy of ``config`` with nested ``{"segment": {"threshold": 0.4}}``-style updates, validated again."""
-    data = config.to_dict()
-    for key, value in updates.items():
-        if isinstance(value, dict) and isinstance(data.get(key), dict):
-            data[key] = {**data[key], **value}
-        else:
-            data[key] = value
-    return JobConfig.from_dict(data, source=source)
-
-
-__all__ = ["DEFAULT_CLASS_NAMES", "TASKS", "ClassifySection", "JobConfig", "PolygonSection", "SegmentSection",
-           "Task", "TileSection", "TranslateSection", "load_job_config", "with_updates"]
+__all__ = ["DEFAULT_CLASS_NAMES", "TASKS", "BlendSection", "ClassifySection", "JobConfig", "PolygonSection",
+           "SegmentSection", "Task", "TranslateSection", "block_window", "load_job_config"]

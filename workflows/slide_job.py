@@ -12,8 +12,9 @@ as a Dask task; it never raises for a bad slide (status ``failed``, reason namin
     slide.zarr/seg           (1, H, W) uint8 glomerulus probability x 255, tissue chunks only
     slide.zarr/virtual/<S>   (3, H, W) uint8 virtual stain S (--task translate)
     stages/<stage>.done.json completion markers (digest of settings + models + upstream), written last
-    stages/polygons.geojson  unclassified glomeruli with segmentation confidence (ids kept downstream)
-    stages/classes.json      G2C result per glomerulus id
+    stages/polygons.geojson  unclassified glomeruli with segmentation confidence (ids kept downstream; read only
+                             when a later run resumes after this stage)
+    stages/classes.json      G2C result per glomerulus id (likewise)
     glomeruli.geojson        the QuPath FeatureCollection (DESIGN.md)
     overlay.png              thumbnail with the glomeruli coloured by class
     virtual-<S>.ome.tif      pyramidal JPEG OME-TIFF of virtual stain S on the tiled grid (--task translate)
@@ -32,34 +33,24 @@ import traceback
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import dask
-import numpy as np
 
-from wsi_pipeline.annotations import Annotation, parse_geojson, read_geojson
+from wsi_pipeline.annotations import Annotation, Feature, read_features, read_geojson, write_geojson
 from wsi_pipeline.atomic import atomic_write_json, atomic_write_text
-from wsi_pipeline.errors import (
-    AnnotationError,
-    NoTissueError,
-    SlideError,
-    WsiPipelineError,
-)
+from wsi_pipeline.errors import AnnotationError, NoTissueError, StoreError, WsiPipelineError
 from wsi_pipeline.export.tiff import write_pyramidal_tiff
 from wsi_pipeline.infer import TiledInferenceConfig
-from wsi_pipeline.slide import Slide, open_slide
-from wsi_pipeline.tiling import TileConfig, read_store_info, tile_slide
+from wsi_pipeline.tiling import tile_slide, tissue_mask
+from wsi_pipeline.weights import WeightsRef, resolve_weights
 
 from . import slide_ops as ops
 from .job_config import TASKS, JobConfig
-from .stages import (
-    StageBook,
-    StageRecord,
-    Stopwatch,
-    digest_of,
-    file_sha256,
-    resolve_weights,
-)
+from .slide_plan import ClassifierSettings, SegSettings, SlidePlan, classifier_settings, seg_settings
+from .stages import STAGES_DIR, StageBook, StageRecord, Stopwatch, digest_of, file_sha256
+
+T = TypeVar("T")
 
 #: suffixes tried for ``<stem>`` (multi-part first)
 _MULTI_SUFFIXES = (".ome.tiff", ".ome.tif")
@@ -125,7 +116,8 @@ def _log_traceback(slide_dir: Path, path: Path) -> None:
 
 
 class _SlideJob:
-    """Decides which stages run (markers) and chains them; the stage bodies live in :mod:`slide_ops`."""
+    """Decides which stages run (markers) and chains them, passing results in memory; the stage bodies live in
+    :mod:`slide_ops`. Each stage writes its files once, for a later run to resume from."""
 
     def __init__(self, path: Path, slide_dir: Path, *, config: JobConfig, task: str, mpp_override: float | None,
                  annotations: str | None, workers: int | None, scheduler: str | None, progress: bool,
@@ -160,77 +152,79 @@ class _SlideJob:
         self.counts.update(counts)
         return self.book.mark(name, digest, seconds=sw.seconds, outputs=outputs, counts=counts)
 
-    def open(self) -> Slide:
-        return open_slide(self.path, mpp_override=self.mpp_override)
+    def produce(self, name: str, digest: str, path: Path, compute: Callable[[], tuple[T, dict[str, Any]]], *,
+                save: Callable[[Path, T], object], load: Callable[[Path], T]) -> T:
+        """A stage whose result the next one needs: computed and kept in memory (and saved once to ``path`` for a
+        later run), or, when finished earlier, loaded from ``path``."""
+        held: list[T] = []
+
+        def body() -> tuple[list[Path], dict[str, Any]]:
+            value, counts = compute()
+            save(path, value)
+            held.append(value)
+            return [path], counts
+
+        self.stage(name, digest, body)
+        return held[0] if held else load(path)
 
     # -- the job -----------------------------------------------------------------------------------------------
     def run(self) -> None:
-        with self.open() as slide:  # fail fast (and cheaply) on unreadable files, before any work
-            dims, bounds, slide_mpp = slide.dimensions, slide.bounds, slide.mpp
-            source = {"path": str(self.path.resolve()), "size": self.path.stat().st_size,
-                      "mtime": self.path.stat().st_mtime_ns, "mpp_override": self.mpp_override}
-        self.offset = ops.qupath_offset(bounds)
-        self.counts["level0_size"] = list(dims)
-        self.source = source
-        if slide_mpp is None:
-            raise SlideError(self.path, "no microns-per-pixel in the file; pass --mpp-override UM")
-        self.mpp0 = slide_mpp
-        if self.task == "classify":
-            self.run_classify_file()
-            return
-        if self.task == "translate":  # needs the segmentation resolution only (the store is shared)
-            mpp = self.config.segment.mpp or ops.seg_settings(self.config.segment, self.config).mpp
-            tile_digest = self.tile(mpp)
-            if self.until != "tile":
-                self.run_translate(tile_digest)
-            return
-        seg = ops.seg_settings(self.config.segment, self.config)
+        # opening first fails fast (and cheaply) on unreadable files, before any work; the slide stays open
+        with SlidePlan.open(self.path, self.slide_dir, mpp_override=self.mpp_override) as plan:
+            self.plan = plan
+            self.counts["level0_size"] = list(plan.level0_size)
+            if self.task == "classify":
+                self.run_classify_file()
+            elif self.task == "translate":  # needs the segmentation resolution only (the store is shared)
+                tile_digest = self.tile(self.config.segment.mpp or seg_settings(self.config).mpp)
+                if self.until != "tile":
+                    self.run_translate(tile_digest)
+            else:
+                self.run_segment()
+
+    def run_segment(self) -> None:
+        plan, cfg = self.plan, self.config
+        seg = seg_settings(cfg)
         tile_digest = self.tile(seg.mpp)
         if self.until == "tile":
             return
-        seg_digest = digest_of("segment", tile_digest, seg.to_dict(), self.config.device)
-        geometry = self.geometry()
+        seg_digest = digest_of("segment", tile_digest, seg.to_dict(), cfg.device)
         self.stage("segment", seg_digest, lambda: ([self.store / "seg"], {
-            "seg_chunks": ops.segment(self.store, seg, tissue=self.tissue(geometry), device=self.config.device,
+            "seg_chunks": ops.segment(self.store, seg, tissue=plan.tissue, device=cfg.device,
                                       scheduler=self.scheduler)}))
-        poly_path = self.slide_dir / "stages" / "polygons.geojson"
-        poly_digest = digest_of("polygons", seg_digest, self.config.polygons.to_dict(), seg.min_area_um2)
-        self.stage("polygons", poly_digest, lambda: self.write_polygons(poly_path, seg, geometry))
-        shapes = read_geojson(poly_path)
+        poly_digest = digest_of("polygons", seg_digest, cfg.polygons.to_dict(), seg.min_area_um2)
+        shapes = self.produce("polygons", poly_digest, self.slide_dir / STAGES_DIR / "polygons.geojson",
+                              lambda: self.find_polygons(seg), save=_save_shapes, load=read_geojson)
         if self.task == "full":
-            bundle = ops.load_classifier(self.config.classify, self.config)
-            cls_path = self.slide_dir / "stages" / "classes.json"
-            cls_digest = digest_of("classify", poly_digest, bundle.digest_parts, self.config.device)
-            self.stage("classify", cls_digest, lambda: self.write_classes(cls_path, shapes, bundle))
-            results = json.loads(cls_path.read_text(encoding="utf-8"))
-            final = [self.apply_class(a, results[a.id]) for a in shapes]
-            stains = ",".join(bundle.model.stains)
-            models = {"segmenter": seg.weights.label, "classifier": bundle.weights.label, "virtual_stains": stains,
-                      **{f"generator_{s}": v for s, v in bundle.generator_refs.items()}}
-            export_digest = digest_of("export", cls_digest, self.config.overlay_px, self.offset)
+            cls = classifier_settings(cfg.classify, base_dir=cfg.base_dir)
+            cls_digest = digest_of("classify", poly_digest, cls.digest_parts, cfg.device)
+            results = self.classify(cls_digest, shapes, cls)
+            final = [a.classified(results[a.id]["name"], measurements=results[a.id]["measurements"])
+                     for a in shapes]
+            models = {"segmenter": seg.weights.label, **cls.models}
+            export_digest = digest_of("export", cls_digest, cfg.overlay_px, plan.offset)
         else:
             final = [a.classified("Glomerulus") for a in shapes]
             models = {"segmenter": seg.weights.label, "virtual_stains": ""}
-            export_digest = digest_of("export-segment", poly_digest, self.config.overlay_px, self.offset)
+            export_digest = digest_of("export-segment", poly_digest, cfg.overlay_px, plan.offset)
         self.stage("export", export_digest, lambda: self.export(final, models))
-        self.outputs.update(geojson=str(self.slide_dir / "glomeruli.geojson"),
-                            overlay=str(self.slide_dir / "overlay.png"))
 
     def tile(self, mpp: float) -> str:
-        t = self.config.tile
-        tcfg = TileConfig(mpp=mpp, tile=t.tile, task_px=t.task_px, thumbnail_px=t.thumbnail_px,
-                          min_tissue_um2=t.min_tissue_um2, pyramid=t.pyramid, mpp_tolerance=t.mpp_tolerance)
-        digest = digest_of("tile", tcfg.to_dict(), self.source)
+        plan = self.plan
+        tcfg = self.config.tile.model_copy(update={"mpp": mpp})  # the job tiles at the segmentation resolution
+        digest = digest_of("tile", tcfg.to_dict(), plan.source)
 
         def body() -> tuple[list[Path], dict[str, Any]]:
-            kw = {"config": tcfg, "workers": self.workers, "mpp_override": self.mpp_override, "progress": self.progress}
+            kw: dict[str, Any] = {"config": tcfg, "workers": self.workers, "mpp_override": self.mpp_override,
+                                  "progress": self.progress}
             try:
-                res = tile_slide(self.path, self.store, **kw)  # type: ignore[arg-type]
-            except WsiPipelineError as exc:
-                if not self.store.exists() or isinstance(exc, NoTissueError):
-                    raise
-                # the store belongs to this job: one written with other settings (or a changed slide) is replaced
-                res = tile_slide(self.path, self.store, overwrite=True, **kw)  # type: ignore[arg-type]
+                res = tile_slide(plan.slide, self.store, **kw)
+            except StoreError:
+                # the store belongs to this job: one written with other settings (or a changed slide) is replaced;
+                # any other error (a corrupt tile) keeps what was written, for a re-run to resume
+                res = tile_slide(plan.slide, self.store, overwrite=True, **kw)
+            if res.info is not None:
+                plan.set_store(res.info)
             return [self.store], {"tissue_chunks": res.chunks_tissue, "chunks_total": res.chunks_total,
                                   "tiled_shape": list(res.shape), "tiled_mpp": res.mpp}
 
@@ -238,49 +232,32 @@ class _SlideJob:
         self.outputs["store"] = str(self.store)
         return digest
 
-    def geometry(self) -> ops.StoreGeometry:
-        return ops.StoreGeometry.from_info(read_store_info(self.store))
-
-    def tissue(self, geometry: ops.StoreGeometry) -> Any:
-        return ops.tissue_chunks(self.store, geometry)
-
-    def tissue_mask(self, geometry: ops.StoreGeometry) -> tuple[Any, float]:
-        """The store's thumbnail tissue mask (bool) and how many tiled pixels one mask pixel spans."""
-        import zarr
-
-        info = read_store_info(self.store)
-        mask = np.asarray(zarr.open_array(str(self.store / info["tissue"]["mask_array"]), mode="r")[:]) > 0
-        return mask, float(info["tissue"]["mask_downsample_level0"]) / geometry.scale[0]
-
-    def write_polygons(self, path: Path, seg: ops.SegSettings,
-                       geometry: ops.StoreGeometry) -> tuple[list[Path], dict[str, Any]]:
-        found = ops.polygons(self.store, seg, geometry, mpp0=self.mpp0, max_area_um2=self.config.polygons.max_area_um2,
+    def find_polygons(self, seg: SegSettings) -> tuple[list[Annotation], dict[str, Any]]:
+        found = ops.polygons(self.store, seg, self.plan.info.geometry, mpp0=self.plan.mpp0,
+                             max_area_um2=self.config.polygons.max_area_um2,
                              simplify_px=self.config.polygons.simplify_px, scheduler=self.scheduler)
         anns = [Annotation(p, measurements={"seg_confidence": conf}) for p, conf in found]
-        ops.write_features(path, anns, bounds_offset=(0, 0), mpp=self.mpp0, metadata={})
-        return [path], {"glomeruli": len(anns)}
+        return anns, {"glomeruli": len(anns)}
 
-    def write_classes(self, path: Path, shapes: list[Annotation],
-                      bundle: ops.ClassifierBundle) -> tuple[list[Path], dict[str, Any]]:
-        with self.open() as slide:
-            results = ops.classify(slide, [a.geometry for a in shapes], bundle,
-                                   batch_size=self.config.classify.batch_size, device=self.config.device)
-        atomic_write_json(path, {a.id: r for a, r in zip(shapes, results)})
-        return [path], {"classes": dict(Counter(r["class"] for r in results))}
+    def classify(self, digest: str, shapes: list[Annotation], cls: ClassifierSettings) -> dict[str, Any]:
+        """G2C's result per annotation id (stage ``classify``; ``stages/classes.json`` for a later run)."""
+        def compute() -> tuple[dict[str, Any], dict[str, Any]]:
+            results = ops.classify(self.plan.slide, [a.geometry for a in shapes], cls, device=self.config.device)
+            return ({a.id: r for a, r in zip(shapes, results)},
+                    {"classes": dict(Counter(r["class"] for r in results))})
 
-    @staticmethod
-    def apply_class(annotation: Annotation, result: dict[str, Any]) -> Annotation:
-        return annotation.classified(result["name"], measurements=result["measurements"])
+        return self.produce("classify", digest, self.slide_dir / STAGES_DIR / "classes.json", compute,
+                            save=atomic_write_json, load=_load_json)
 
-    def export(self, annotations: Sequence[Annotation | dict[str, Any]],
-               models: dict[str, str]) -> tuple[list[Path], dict[str, Any]]:
+    def export(self, items: Sequence[Annotation | Feature], models: dict[str, str]) -> tuple[list[Path], dict[str, Any]]:
         geojson, overlay = self.slide_dir / "glomeruli.geojson", self.slide_dir / "overlay.png"
-        with self.open() as slide:
-            meta = {**ops.base_metadata(slide, mpp_override=self.mpp_override, bounds_offset=self.offset), **models}
-            ops.write_features(geojson, annotations, bounds_offset=self.offset, mpp=self.mpp0, metadata=meta)
-            areas = [a for a in annotations if isinstance(a, Annotation)]
-            ops.write_overlay(overlay, slide, areas, max_px=self.config.overlay_px)
-        return [geojson, overlay], {"features": len(annotations)}
+        slide = self.plan.slide
+        meta = {**ops.base_metadata(slide, mpp_override=self.mpp_override, bounds_offset=self.plan.offset), **models}
+        write_geojson(geojson, items, bounds_offset=self.plan.offset, mpp=self.plan.mpp0, metadata=meta)
+        areas = [a for a in items if isinstance(a, Annotation)]
+        ops.write_overlay(overlay, slide, areas, max_px=self.config.overlay_px)
+        self.outputs.update(geojson=str(geojson), overlay=str(overlay))
+        return [geojson, overlay], {"features": len(items)}
 
     # -- classify mode -----------------------------------------------------------------------------------------
     def annotation_file(self) -> Path:
@@ -292,40 +269,36 @@ class _SlideJob:
 
     def run_classify_file(self) -> None:
         src = self.annotation_file()
-        items = read_items(src, bounds_offset=self.offset)
+        offset = self.plan.offset
+        items = read_features(src, bounds_offset=offset)
         areas = [a for a in items if isinstance(a, Annotation)]
-        bundle = ops.load_classifier(self.config.classify, self.config)
-        cls_path = self.slide_dir / "stages" / "classes.json"
-        cls_digest = digest_of("classify-file", file_sha256(src), self.offset, bundle.digest_parts, self.config.device)
-        self.stage("classify", cls_digest, lambda: self.write_classes(cls_path, areas, bundle))
-        results = json.loads(cls_path.read_text(encoding="utf-8"))
-        final = [self.apply_class(a, results[a.id]) if isinstance(a, Annotation) else a for a in items]
-        models = {"classifier": bundle.weights.label, "virtual_stains": ",".join(bundle.model.stains),
-                  "annotations_source": src.name,
-                  **{f"generator_{s}": v for s, v in bundle.generator_refs.items()}}
-        self.stage("export", digest_of("export-classify", cls_digest, self.config.overlay_px, self.offset),
+        cls = classifier_settings(self.config.classify, base_dir=self.config.base_dir)
+        cls_digest = digest_of("classify-file", file_sha256(src), offset, cls.digest_parts, self.config.device)
+        results = self.classify(cls_digest, areas, cls)
+        final = [a.classified(results[a.id]["name"], measurements=results[a.id]["measurements"])
+                 if isinstance(a, Annotation) else a for a in items]
+        models = {**cls.models, "annotations_source": src.name}
+        self.stage("export", digest_of("export-classify", cls_digest, self.config.overlay_px, offset),
                    lambda: self.export(final, models))
-        self.outputs.update(geojson=str(self.slide_dir / "glomeruli.geojson"),
-                            overlay=str(self.slide_dir / "overlay.png"))
 
     # -- translate mode ----------------------------------------------------------------------------------------
     def run_translate(self, tile_digest: str) -> None:
         t = self.config.translate
-        geometry = self.geometry()
-        inference = ops.translate_inference(t, tile=self.config.tile.tile)
+        inference = t.inference(tile=self.config.tile.tile, minimum_window=512)
         for stain in t.stains:
             ref = resolve_weights(t.generators[stain], base_dir=self.config.base_dir)
             digest = digest_of("translate", tile_digest, stain, ref.sha256, inference.to_dict(), t.tiff_tile,
                                t.tiff_quality, self.config.device)
             self.stage(f"translate-{stain}", digest,
-                       lambda s=stain, r=ref: self.write_virtual(s, r, inference, geometry))  # type: ignore[misc]
+                       lambda s=stain, r=ref: self.write_virtual(s, r, inference))  # type: ignore[misc]
             self.outputs[f"virtual_{stain}"] = str(self.slide_dir / f"virtual-{stain}.ome.tif")
 
-    def write_virtual(self, stain: str, ref: Any, inference: TiledInferenceConfig,
-                      geometry: ops.StoreGeometry) -> tuple[list[Path], dict[str, Any]]:
+    def write_virtual(self, stain: str, ref: WeightsRef,
+                      inference: TiledInferenceConfig) -> tuple[list[Path], dict[str, Any]]:
         from wsi_pipeline.infer.translate import virtual_region
 
-        tissue = self.tissue(geometry)
+        info, tissue = self.plan.info, self.plan.tissue
+        geometry = info.geometry
         with Stopwatch() as generator_time:
             arr = ops.translate(self.store, stain, ref, inference, tissue=tissue, device=self.config.device,
                                 scheduler=self.scheduler)
@@ -335,7 +308,7 @@ class _SlideJob:
         tif = self.slide_dir / f"virtual-{stain}.ome.tif"
         h, w = geometry.shape
         with Stopwatch() as tiff_time:
-            mask, step = self.tissue_mask(geometry)
+            mask, step = tissue_mask(self.store, info)
             region = virtual_region(arr, tissue=tissue, tissue_mask=mask, mask_step=step)
             write_pyramidal_tiff(tif, region, size=(w, h), mpp=geometry.mpp,
                                  tile=self.config.translate.tiff_tile, quality=self.config.translate.tiff_quality,
@@ -345,37 +318,12 @@ class _SlideJob:
             f"virtual_{stain}_tiff_s": round(tiff_time.seconds, 3)}
 
 
-def read_items(path: Path, *, bounds_offset: tuple[int, int]) -> list[Annotation | dict[str, Any]]:
-    """A QuPath GeoJSON file in any accepted form: area features as annotations (level-0 openslide coordinates),
-    every other feature (points, lines) kept verbatim so it is written back unchanged."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AnnotationError(f"{path}: cannot read GeoJSON: {exc}") from None
-    items: list[Annotation | dict[str, Any]] = []
-    for i, feat in enumerate(_features(data, path)):
-        geometry = feat.get("geometry") if feat.get("type") == "Feature" else feat
-        if isinstance(geometry, dict) and geometry.get("type") in ("Polygon", "MultiPolygon"):
-            items.extend(parse_geojson(feat, source=f"{path}: feature {i}", bounds_offset=bounds_offset))
-        else:
-            items.append(feat)
-    return items
+def _save_shapes(path: Path, shapes: list[Annotation]) -> None:
+    write_geojson(path, shapes)
 
 
-def _features(data: Any, path: Path) -> list[dict[str, Any]]:
-    """The features of QuPath's accepted forms: a FeatureCollection, a bare array, one feature or one geometry."""
-    if isinstance(data, dict) and isinstance(data.get("features"), list):
-        feats = data["features"]
-    elif isinstance(data, list):
-        feats = data
-    elif isinstance(data, dict) and "type" in data:
-        feats = [data]
-    else:
-        raise AnnotationError(f"{path}: expected a FeatureCollection, a feature array or a feature")
-    bad = [i for i, f in enumerate(feats) if not isinstance(f, dict)]
-    if bad:
-        raise AnnotationError(f"{path}: feature {bad[0]} is not an object")
-    return feats
+def _load_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
-__all__ = ["read_items", "run_slide", "slide_stem"]
+__all__ = ["run_slide", "slide_stem"]

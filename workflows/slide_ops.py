@@ -1,15 +1,15 @@
-"""The slide job's stage bodies: each reads its inputs from disk, runs a library core, writes its outputs.
+"""The slide job's stage bodies: each takes what earlier stages produced (in memory), runs a library core and
+returns its result; :mod:`workflows.slide_job` decides what runs, writes the files once and records completion.
 
-They are called by :mod:`workflows.slide_job`, which decides what needs to run and records completion. Nothing
-here keeps a Slide or a model across calls except through :func:`~wsi_pipeline.infer.cached_predictor`.
+Models are built inside :func:`~wsi_pipeline.infer.cached_predictor` (tiled passes) or
+:meth:`~workflows.slide_plan.ClassifierSettings.load` (G2C): once per process, reused across slides.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -19,171 +19,18 @@ from numpy.typing import NDArray
 from shapely.geometry.base import BaseGeometry
 
 from wsi_pipeline import __version__
-from wsi_pipeline.annotations import (
-    Annotation,
-    class_color,
-    mean_inside,
-    polygons_from_zarr,
-    to_feature,
-)
-from wsi_pipeline.atomic import atomic_write_text
-from wsi_pipeline.errors import AnnotationError, WeightsError
+from wsi_pipeline.annotations import Annotation, class_color, mean_inside, polygons_from_zarr
 from wsi_pipeline.infer import TiledInferenceConfig, predict_zarr
-from wsi_pipeline.infer.classify import (
-    CropSpec,
-    G2CModel,
-    class_measurements,
-    g2c_probabilities,
-)
+from wsi_pipeline.infer.classify import CropSpec, class_measurements, g2c_probabilities
 from wsi_pipeline.infer.crops import read_glomerulus_crops
 from wsi_pipeline.infer.layout import Layout
-from wsi_pipeline.infer.translate import generator_predictor
+from wsi_pipeline.infer.loaders import generator_predictor, segmenter_predictor
 from wsi_pipeline.overlay import render_overlay, save_png
 from wsi_pipeline.slide import Slide
-from wsi_pipeline.tiling_store import written_chunks
+from wsi_pipeline.tiling import StoreGeometry
+from wsi_pipeline.weights import WeightsRef
 
-from .job_config import ClassifySection, JobConfig, SegmentSection, TranslateSection
-from .stages import WeightsRef, load_checked, resolve_weights, segmenter_predictor
-
-
-# -- geometry of the tiled store ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class StoreGeometry:
-    """Where tiled pixels lie on the input slide: pixel ``(row, col)`` covers level-0 ``origin + scale * (col, row)``."""
-
-    origin: tuple[float, float]
-    scale: tuple[float, float]
-    shape: tuple[int, int]  # (height, width)
-    tile: int
-    mpp: float | None
-
-    @classmethod
-    def from_info(cls, info: Mapping[str, Any]) -> StoreGeometry:
-        g = info["geometry"]
-        return cls(tuple(g["origin_level0"]), tuple(g["scale_level0"]), tuple(g["shape"]), int(g["tile"]),
-                   g.get("mpp"))  # type: ignore[arg-type]
-
-
-def tissue_chunks(store: Path, geometry: StoreGeometry) -> NDArray[np.bool_]:
-    """Bool ``(rows, cols)`` of level-0 chunks that tiling wrote (= tissue), from the shard indexes."""
-    h, w = geometry.shape
-    t = geometry.tile
-    mask = np.zeros((-(-h // t), -(-w // t)), bool)
-    for r, c in written_chunks(store, 0):
-        mask[r, c] = True
-    return mask
-
-
-# -- resolved settings (record metadata + config) ----------------------------------------------------------------
-@dataclass(frozen=True)
-class SegSettings:
-    """Segmentation settings after merging the config with the segmenter's record."""
-
-    weights: WeightsRef
-    mpp: float
-    threshold: float
-    min_area_um2: float
-    inference: TiledInferenceConfig
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"weights": self.weights.sha256, "mpp": self.mpp, "threshold": self.threshold,
-                "min_area_um2": self.min_area_um2, "inference": self.inference.to_dict()}
-
-
-def block_window(region: int, *, overlap: int, minimum: int, multiple: int = 32) -> int:
-    """The smallest window (>= ``minimum``, a multiple of ``multiple``) tiling a ``region``-px block with
-    ``overlap`` in as few windows as ``minimum`` allows, so no ragged last window recomputes most of its pixels.
-
-    A 1024-px block with a 64-px halo is 1152 px: 512-px windows need 3 per side (2.25x the block's pixels
-    forwarded), 608-px windows 2 (1.41x); the network is fully convolutional, so only the cost changes.
-
-    >>> block_window(1152, overlap=64, minimum=512), block_window(300, overlap=64, minimum=512)
-    (608, 512)
-    """
-    if region <= minimum:
-        return minimum
-    n = max(1, (region - overlap) // (minimum - overlap))
-    window = -(-(region + (n - 1) * overlap) // n)
-    return max(minimum, -(-window // multiple) * multiple)
-
-
-def seg_settings(section: SegmentSection, config: JobConfig) -> SegSettings:
-    """Resolve ``section`` against the segmenter's record (config values win over the record's)."""
-    ref = resolve_weights(section.weights, base_dir=config.base_dir)
-    _, record = load_checked(ref, arch=("unet_resnet34",))
-    meta = record.metadata
-    overlap = section.overlap
-    window = section.window or block_window(config.tile.tile * section.block_chunks + 2 * overlap, overlap=overlap,
-                                            minimum=int(meta.get("window", 512)))
-    overlap = min(overlap, window // 2)
-    inference = TiledInferenceConfig(window=window, overlap=overlap, margin=min(section.margin, overlap // 2),
-                                     batch_size=section.batch_size, weight=section.weight, dtype="uint8",
-                                     block_chunks=section.block_chunks)
-    return SegSettings(ref, float(section.mpp or meta.get("mpp", 2.0)),
-                       float(section.threshold or meta.get("threshold", 0.5)),
-                       float(config.polygons.min_area_um2 if config.polygons.min_area_um2 is not None
-                             else meta.get("min_area_um2", 2000.0)), inference)
-
-
-def translate_inference(section: TranslateSection, *, tile: int) -> TiledInferenceConfig:
-    """Blending settings of the whole-slide generator pass over ``tile``-px chunks (overlap and margin clamped to
-    what the window allows; no window: :func:`block_window` of at least 512 px)."""
-    window = section.window or block_window(tile * section.block_chunks + 2 * section.overlap,
-                                            overlap=section.overlap, minimum=512)
-    overlap = min(section.overlap, window // 2)
-    return TiledInferenceConfig(window=window, overlap=overlap, margin=min(section.margin, overlap // 2),
-                                batch_size=section.batch_size, weight=section.weight, dtype="uint8",
-                                block_chunks=section.block_chunks)
-
-
-@dataclass(frozen=True)
-class ClassifierBundle:
-    """A loaded G2C model with its crop settings and provenance (what the GeoJSON metadata records)."""
-
-    model: G2CModel
-    spec: CropSpec
-    class_names: Mapping[str, str]
-    weights: WeightsRef
-    generator_refs: Mapping[str, str]  # stain -> label of the generator weights
-    digest_parts: dict[str, Any]
-
-
-def load_classifier(section: ClassifySection, config: JobConfig) -> ClassifierBundle:
-    """The G2C model (``g2c`` record: its own generators; ``g2c_classifier``: generators from the config)."""
-    ref = resolve_weights(section.weights, base_dir=config.base_dir)
-    model, record = load_checked(ref, arch=("g2c", "g2c_classifier"))
-    meta = record.metadata
-    classes = tuple(meta.get("classes") or ())
-    gen_labels: dict[str, str] = {}
-    if record.arch == "g2c":
-        generators = dict(model.generators.items())
-        init = meta.get("generator_sha256") or {}
-        for stain in generators:
-            gen_labels[stain] = f"{ref.path.name} (fine-tuned jointly; initialised from sha256:{str(init.get(stain, '?'))[:16]})"
-        classifier = model.classifier
-    else:
-        stains = tuple(meta.get("stains") or section.generators)
-        generators = {}
-        for stain in stains:
-            if stain not in section.generators:
-                raise WeightsError(f"{ref.path}: classifier expects stain {stain!r}; add classify.generators.{stain}")
-            gref = resolve_weights(section.generators[stain], base_dir=config.base_dir)
-            generators[stain], _ = load_checked(gref, arch=("cyclegan_generator",))
-            gen_labels[stain] = gref.label
-        classifier = model
-    n_out = classifier.fc.out_features
-    if not classes and n_out == 3:
-        classes = ("noa", "ss", "gs")  # the three-class G2C task's order (wsi_pipeline.train.data_stain)
-    if len(classes) != n_out:
-        raise WeightsError(f"{ref.path}: record lists classes {list(classes)} but the classifier has {n_out} "
-                           f"outputs; add metadata.classes")
-    spec = CropSpec(size=int(section.size or meta.get("crop_size", 64)), mpp=float(section.mpp or meta.get("crop_mpp", 2.0)),
-                    margin=float(section.margin if section.margin is not None else meta.get("crop_margin", 0.2)))
-    names = {c: section.class_names.get(c, f"Glomerulus: {c}") for c in classes}
-    g2c = G2CModel(generators, classifier, classes, provenance=gen_labels)
-    parts = {"weights": ref.sha256, "generators": {s: gen_labels[s] for s in generators}, "spec": spec.__dict__,
-             "names": names, "batch": section.batch_size}
-    return ClassifierBundle(g2c, spec, names, ref, gen_labels, parts)
+from .slide_plan import ClassifierSettings, SegSettings
 
 
 # -- stage bodies --------------------------------------------------------------------------------------------------
@@ -229,18 +76,20 @@ def read_crops(slide: Slide, shapes: Sequence[BaseGeometry], spec: CropSpec) -> 
     return read_glomerulus_crops(slide, shapes, spec)
 
 
-def classify(slide: Slide, shapes: Sequence[BaseGeometry], bundle: ClassifierBundle, *, batch_size: int,
+def classify(slide: Slide, shapes: Sequence[BaseGeometry], settings: ClassifierSettings, *,
              device: str) -> list[dict[str, Any]]:
-    """``[{"class": code, "name": QuPath class, "measurements": {p_*}}]`` per shape."""
+    """``[{"class": code, "name": QuPath class, "measurements": {p_*}}]`` per shape (G2C is loaded only when there
+    is something to classify)."""
     if not shapes:
         return []
-    crops = read_crops(slide, shapes, bundle.spec)
-    probs = g2c_probabilities(crops, bundle.model, batch_size=batch_size, device=device)
-    classes = bundle.model.classes
+    crops = read_crops(slide, shapes, settings.spec)
+    model = settings.load()
+    probs = g2c_probabilities(crops, model, batch_size=settings.batch_size, device=device)
+    classes = model.classes
     out = []
     for p, m in zip(probs, class_measurements(probs, classes)):
         code = classes[int(np.argmax(p))]
-        out.append({"class": code, "name": bundle.class_names[code], "measurements": m})
+        out.append({"class": code, "name": settings.class_names[code], "measurements": m})
     return out
 
 
@@ -257,29 +106,6 @@ def translate(store: Path, stain: str, ref: WeightsRef, inference: TiledInferenc
 
 
 # -- outputs ---------------------------------------------------------------------------------------------------------
-def write_features(path: Path, items: Sequence[Annotation | dict[str, Any]], *, bounds_offset: tuple[int, int],
-                   mpp: tuple[float, float] | None, metadata: Mapping[str, str]) -> Path:
-    """A QuPath FeatureCollection of annotations (DESIGN.md rules) and verbatim pass-through features, atomically.
-
-    Pass-through features (points, lines a pathologist drew) are kept as read, so classify mode returns the whole
-    file with only the areas changed.
-    """
-    import json
-
-    features = []
-    for item in items:
-        if isinstance(item, Annotation):
-            features.append(to_feature(item, bounds_offset=bounds_offset, mpp=mpp, metadata=metadata))
-        else:
-            features.append(item)
-    ids = [f.get("id") for f in features if f.get("id") is not None]
-    if len(set(ids)) != len(ids):
-        raise AnnotationError(f"{path}: duplicate feature ids")
-    text = json.dumps({"type": "FeatureCollection", "features": features}, allow_nan=False, separators=(",", ":"))
-    atomic_write_text(path, text)
-    return path
-
-
 def write_overlay(path: Path, slide: Slide, annotations: Sequence[Annotation], *, max_px: int) -> Path:
     """``overlay.png``: the slide's thumbnail with the (level-0) annotations drawn in their class colours."""
     thumb = slide.thumbnail(max_px)
@@ -302,32 +128,5 @@ def base_metadata(slide: Slide, *, mpp_override: float | None, bounds_offset: tu
             "bounds_offset": f"{bounds_offset[0]},{bounds_offset[1]}"}
 
 
-def qupath_offset(bounds: tuple[int, int, int, int] | None) -> tuple[int, int]:
-    """What to subtract from openslide level-0 coordinates to get QuPath's: ``(bounds-x, bounds-y)`` or ``(0, 0)``.
-
-    >>> qupath_offset((1024, 512, 9000, 7000)), qupath_offset(None)
-    ((1024, 512), (0, 0))
-    """
-    return (0, 0) if bounds is None else (int(bounds[0]), int(bounds[1]))
-
-
-__all__ = [
-    "ClassifierBundle",
-    "SegSettings",
-    "StoreGeometry",
-    "base_metadata",
-    "block_window",
-    "classify",
-    "load_classifier",
-    "polygons",
-    "qupath_offset",
-    "read_crops",
-    "seg_confidence",
-    "seg_settings",
-    "segment",
-    "tissue_chunks",
-    "translate",
-    "translate_inference",
-    "write_features",
-    "write_overlay",
-]
+__all__ = ["base_metadata", "classify", "polygons", "read_crops", "seg_confidence", "segment", "translate",
+           "write_overlay"]

@@ -1,4 +1,4 @@
-"""Stage bookkeeping of the slide job, and the weights/model loaders it hands to Dask tasks.
+"""Stage bookkeeping of the slide job.
 
 Each stage of a slide writes its outputs first and then a marker ``OUT/<stem>/stages/<stage>.done.json`` (atomic)
 holding the stage's *digest*: a hash of its settings, the checksums of the models it used and the digests of the
@@ -11,7 +11,6 @@ True
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Sequence
@@ -20,28 +19,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from wsi_pipeline import __version__
 from wsi_pipeline.atomic import atomic_write_json
-from wsi_pipeline.errors import WeightsError
-from wsi_pipeline.infer.predictor import TorchPredictor
-from wsi_pipeline.models.registry import ModelRecord, load_model
+from wsi_pipeline.config import digest_of
+from wsi_pipeline.models.registry import file_sha256
 
 STAGES_DIR = "stages"
-
-
-def digest_of(*parts: Any) -> str:
-    """SHA-256 of the JSON form of ``parts`` and the pipeline version (a new release recomputes everything)."""
-    text = json.dumps([__version__, *parts], sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file's bytes, streamed."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -106,50 +88,4 @@ class Stopwatch:
         self.seconds = time.perf_counter() - self._t0
 
 
-# -- weights -------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class WeightsRef:
-    """Resolved weights: the file, its SHA-256 and where the reference came from (shipped name or path)."""
-
-    path: Path
-    sha256: str
-    shipped: bool
-
-    @property
-    def label(self) -> str:
-        return f"{self.path.name} sha256:{self.sha256[:16]}" + (" (shipped)" if self.shipped else "")
-
-
-def resolve_weights(ref: str, *, base_dir: str | Path | None = None) -> WeightsRef:
-    """A shipped weights name (checked against its sidecar) or a checkpoint path; ``WeightsError`` names the file."""
-    from wsi_pipeline.weights import KNOWN, default_weights
-
-    if ref in KNOWN:
-        path = default_weights(ref)  # raises WeightsError when missing or tampered with
-        sha = path.with_name(path.name + ".sha256").read_text(encoding="utf-8").split()[0]
-        return WeightsRef(path, sha, True)
-    path = Path(ref).expanduser()
-    if not path.is_absolute() and base_dir is not None and (Path(base_dir) / path).exists():
-        path = Path(base_dir) / path
-    path = path.resolve()
-    if not path.is_file():
-        raise WeightsError(f"{path}: weights file not found (from reference {ref!r})")
-    return WeightsRef(path, file_sha256(path), False)
-
-
-def load_checked(ref: WeightsRef, *, arch: Sequence[str]) -> tuple[Any, ModelRecord]:
-    """Load ``ref`` through the registry (checksum verified) and require one of the architectures ``arch``."""
-    model, record = load_model(ref.path, expected_sha256=ref.sha256)
-    if record.arch not in arch:
-        raise WeightsError(f"{ref.path}: arch {record.arch!r}, expected {' or '.join(arch)}")
-    return model, record
-
-
-def segmenter_predictor(path: str, sha256: str, device: str = "auto") -> TorchPredictor:
-    """The segmenter as a tiled-inference predictor (sigmoid probabilities; module level so it pickles)."""
-    model, _ = load_checked(WeightsRef(Path(path), sha256, False), arch=("unet_resnet34",))
-    return TorchPredictor(model, device=device, activation="sigmoid")
-
-
-__all__ = ["STAGES_DIR", "StageBook", "StageRecord", "Stopwatch", "WeightsRef", "digest_of", "file_sha256",
-           "load_checked", "resolve_weights", "segmenter_predictor"]
+__all__ = ["STAGES_DIR", "StageBook", "StageRecord", "Stopwatch", "digest_of", "file_sha256"]

@@ -36,9 +36,21 @@ class FrozenConfig(BaseModel):
             raise ConfigError(f"{source}: invalid {cls.__name__}: {_describe(exc)}") from None
 
     def digest(self) -> str:
-        """Stable SHA-256 of the settings (used to detect stores written with other settings)."""
-        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()
+        """Stable SHA-256 of the settings (:func:`digest_of` their JSON form)."""
+        return digest_of(self.to_dict())
+
+
+def digest_of(*parts: Any) -> str:
+    """The one settings digest: SHA-256 of the JSON form of ``parts`` (keys sorted; paths and other objects as
+    ``str``) and the pipeline version, so a new release recomputes everything it caches.
+
+    >>> digest_of({"a": 1}, "x") == digest_of({"a": 1}, "x") != digest_of({"a": 2}, "x")
+    True
+    """
+    from . import __version__
+
+    text = json.dumps([__version__, *parts], sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _describe(exc: ValidationError) -> str:

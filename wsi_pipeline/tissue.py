@@ -19,7 +19,7 @@ from shapely.ops import unary_union
 from skimage.filters import threshold_otsu
 from skimage.measure import find_contours
 
-__all__ = ["TissueResult", "detect_tissue", "optical_density"]
+__all__ = ["TissueResult", "detect_tissue"]
 
 _OD_LUT = (-np.log10((np.arange(256, dtype=np.float64) + 1.0) / 256.0)).astype(np.float32)
 
@@ -40,13 +40,6 @@ class TissueResult:
     @property
     def area_level0_px(self) -> float:
         return float(self.mask.sum()) * self.downsample**2
-
-
-def optical_density(rgb: np.ndarray) -> np.ndarray:
-    """Beer-Lambert optical density per channel, ``-log10((I + 1) / 256)``, float32 (0 for pure white)."""
-    if rgb.ndim != 3 or rgb.shape[2] < 3:
-        raise ValueError(f"rgb must be HxWx3, got shape {rgb.shape}")
-    return _OD_LUT[rgb[..., :3]]
 
 
 def detect_tissue(

@@ -184,9 +184,12 @@ def to_feature(
     return {"type": "Feature", "id": uid, "geometry": geometry, "properties": props}
 
 
+Feature = Mapping[str, Any]  # a GeoJSON feature kept verbatim (a pathologist's points and lines)
+
+
 def write_geojson(
     path: str | Path,
-    annotations: Iterable[Annotation],
+    annotations: Iterable[Annotation | Feature],
     *,
     bounds_offset: tuple[int, int] | None = None,
     mpp: tuple[float, float] | None = None,
@@ -194,11 +197,14 @@ def write_geojson(
 ) -> Path:
     """Write a QuPath FeatureCollection atomically (temp file + ``os.replace``); returns ``path``.
 
-    ``mpp`` (level-0 um/px) adds ``area_um2``; ``metadata`` is merged into every feature's metadata.
+    ``mpp`` (level-0 um/px) adds ``area_um2``; ``metadata`` is merged into every annotation's metadata. Items that
+    are plain features (from :func:`read_features`: points, lines) are written back as read, so classify mode returns
+    the whole file with only the areas changed.
     """
     path = Path(path)
-    features = [to_feature(a, bounds_offset=bounds_offset, mpp=mpp, metadata=metadata) for a in annotations]
-    ids = [f["id"] for f in features]
+    features = [to_feature(a, bounds_offset=bounds_offset, mpp=mpp, metadata=metadata) if isinstance(a, Annotation)
+                else dict(a) for a in annotations]
+    ids = [f.get("id") for f in features if f.get("id") is not None]
     if len(set(ids)) != len(ids):
         raise AnnotationError(f"{path}: duplicate feature ids")
     text = json.dumps({"type": "FeatureCollection", "features": features}, allow_nan=False, separators=(",", ":"))
@@ -354,7 +360,27 @@ def read_geojson(
     path: str | Path, *, bounds_offset: tuple[int, int] | None = None, skip_unsupported: bool = False
 ) -> list[Annotation]:
     """Read QuPath GeoJSON; errors name the file and the reason. ``skip_unsupported`` drops points and lines."""
-    path = Path(path)
+    return parse_geojson(_load(Path(path)), source=str(path), bounds_offset=bounds_offset,
+                         skip_unsupported=skip_unsupported)
+
+
+def read_features(path: str | Path, *, bounds_offset: tuple[int, int] | None = None) -> list[Annotation | Feature]:
+    """Every feature of a QuPath GeoJSON file in order: areas as annotations (``bounds_offset`` added back), the
+    others (points, lines) as the features they are, for :func:`write_geojson` to pass through unchanged."""
+    source = str(path)
+    out: list[Annotation | Feature] = []
+    for i, feat in enumerate(_feature_list(_load(Path(path)), source=source)):
+        a = _parse_feature(feat, where=f"{source}: feature {i}", skip_unsupported=True)
+        if a is None:
+            out.append(feat)
+        elif bounds_offset is not None:
+            out.append(replace(a, geometry=shapely.affinity.translate(a.geometry, bounds_offset[0], bounds_offset[1])))
+        else:
+            out.append(a)
+    return out
+
+
+def _load(path: Path) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -363,7 +389,7 @@ def read_geojson(
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise AnnotationError(f"{path}: not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
-    return parse_geojson(data, source=str(path), bounds_offset=bounds_offset, skip_unsupported=skip_unsupported)
+    return data
 
 
 def annotations_from_polygons(

@@ -17,7 +17,6 @@ if TYPE_CHECKING:  # static view for mypy and IDEs; at run time the names load o
         cached_predictor,
         clear_predictor_cache,
         predict_zarr,
-        stored_chunk_mask,
     )
 
 _EXPORTS = {
@@ -32,7 +31,6 @@ _EXPORTS = {
     "cached_predictor": "tiled",
     "clear_predictor_cache": "tiled",
     "predict_zarr": "tiled",
-    "stored_chunk_mask": "tiled",
 }
 
 __all__ = [  # sorted(_EXPORTS), spelled out so linters see the re-exports
@@ -45,7 +43,6 @@ __all__ = [  # sorted(_EXPORTS), spelled out so linters see the re-exports
     "predict_tiled",
     "predict_zarr",
     "resolve_device",
-    "stored_chunk_mask",
     "window_starts",
     "window_weights",
 ]

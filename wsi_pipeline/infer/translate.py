@@ -14,7 +14,6 @@ the tiled grid (pixel ``(row, col)`` covers level-0 ``origin + scale * (col, row
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,10 +21,7 @@ import zarr
 from numpy.typing import NDArray
 from torch import nn
 
-from ..errors import WeightsError
-from ..models.registry import load_model
 from .layout import Layout
-from .predictor import TorchPredictor
 
 Region = Callable[[int, int, int, int], NDArray[np.uint8]]
 
@@ -39,19 +35,6 @@ class SignedToUnit(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ((self.generator(x * 2 - 1) + 1) / 2).clamp(0, 1)
-
-
-def load_generator(path: str | Path, *, expected_sha256: str | None = None) -> nn.Module:
-    """A PAS -> stain CycleGAN generator from its checkpoint (arch ``cyclegan_generator`` is enforced)."""
-    model, record = load_model(path, expected_sha256=expected_sha256)
-    if record.arch != "cyclegan_generator":
-        raise WeightsError(f"{path}: arch {record.arch!r} is not a stain generator (expected 'cyclegan_generator')")
-    return model
-
-
-def generator_predictor(path: str, expected_sha256: str | None = None, device: str = "auto") -> TorchPredictor:
-    """Tiled-inference predictor of a generator checkpoint (module level, so ``functools.partial`` pickles it)."""
-    return TorchPredictor(SignedToUnit(load_generator(path, expected_sha256=expected_sha256)), device=device)
 
 
 def virtual_region(array: zarr.Array, *, tissue: NDArray[np.bool_] | None = None,
@@ -88,4 +71,4 @@ def virtual_region(array: zarr.Array, *, tissue: NDArray[np.bool_] | None = None
     return region
 
 
-__all__ = ["SignedToUnit", "generator_predictor", "load_generator", "virtual_region"]
+__all__ = ["SignedToUnit", "virtual_region"]

@@ -22,6 +22,7 @@ import io
 import json
 import pickle
 import struct
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,6 +133,56 @@ def save_model(model: nn.Module, path: str | Path, *, arch: str, config: Mapping
     return digest
 
 
+_SHA_CACHE: dict[tuple[str, int, int, int], str] = {}
+_SHA_LOCK = threading.Lock()
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, computed once per process per file version (keyed by path, inode, size and
+    modification time, so an edited or replaced file is hashed again)."""
+    p = Path(path).resolve()
+    st = p.stat()
+    key = (str(p), st.st_ino, st.st_size, st.st_mtime_ns)
+    with _SHA_LOCK:
+        cached = _SHA_CACHE.get(key)
+    if cached is not None:
+        return cached
+    h = hashlib.sha256()
+    with open(p, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    digest = h.hexdigest()
+    with _SHA_LOCK:
+        _SHA_CACHE[key] = digest
+    return digest
+
+
+def read_record(path: str | Path) -> ModelRecord:
+    """What a checkpoint says about itself (arch, validated config, metadata, file SHA-256), read from its
+    ``.safetensors`` header only: no tensors loaded, no network built.
+
+    >>> import tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "g.safetensors"
+    >>> _ = save_model(define("patchgan", {"ndf": 8}), path, arch="patchgan", config={"ndf": 8}, metadata={"mpp": 2.0})
+    >>> record = read_record(path)
+    >>> record.arch, record.config.ndf, record.metadata["mpp"], record.sha256 == file_sha256(path)
+    ('patchgan', 8, 2.0, True)
+    """
+    path = Path(path)
+    if path.suffix != ".safetensors":  # a legacy torch file has no separate header: load it (checked as always)
+        return load_model(path)[1]
+    try:
+        with open(path, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(n))
+    except OSError as exc:
+        raise WeightsError(f"{path}: cannot read weights: {exc.strerror or exc}") from None
+    except (struct.error, ValueError) as exc:
+        raise WeightsError(f"{path}: not a valid safetensors file: {exc}") from None
+    record = _record_of(path, header)
+    return _model_record(path, record, file_sha256(path))
+
+
 def load_model(path: str | Path, *, expected_sha256: str | None = None,
                map_location: str | torch.device = "cpu") -> tuple[nn.Module, ModelRecord]:
     """Rebuild the network recorded in ``path`` and load its weights (returned in eval mode).
@@ -142,9 +193,9 @@ def load_model(path: str | Path, *, expected_sha256: str | None = None,
     path = Path(path)
     try:
         data = path.read_bytes()
+        digest = file_sha256(path)
     except OSError as exc:
         raise WeightsError(f"{path}: cannot read weights: {exc.strerror or exc}") from None
-    digest = hashlib.sha256(data).hexdigest()
     if expected_sha256 is not None and digest != expected_sha256.lower():
         raise WeightsError(f"{path}: SHA-256 {digest} does not match the expected {expected_sha256}")
     sidecar = _sidecar(path)
@@ -160,11 +211,8 @@ def load_model(path: str | Path, *, expected_sha256: str | None = None,
     else:
         raise WeightsError(f"{path}: unsupported weights format {path.suffix!r} (use .safetensors)")
 
-    arch = record.get("arch")
-    try:
-        cfg = parse_config(str(arch), record.get("config"))
-    except ConfigError as exc:
-        raise WeightsError(f"{path}: bad architecture record: {exc}") from None
+    info = _model_record(path, record, digest)
+    cfg, arch = info.config, info.arch
     if "tensors_sha256" in record and tensors_digest(state) != record["tensors_sha256"]:
         raise WeightsError(f"{path}: tensor digest does not match the record: weights tampered with or corrupt")
     model: nn.Module = cfg.build()  # type: ignore[attr-defined]
@@ -174,8 +222,17 @@ def load_model(path: str | Path, *, expected_sha256: str | None = None,
     except (ValueError, RuntimeError) as exc:
         raise WeightsError(str(exc) if str(path) in str(exc) else f"{path}: {exc}") from None
     model.to(map_location).eval()
-    return model, ModelRecord(str(path), str(arch), cfg, dict(record.get("metadata") or {}),
-                              record.get("training_config"), digest)
+    return model, info
+
+
+def _model_record(path: Path, record: Mapping[str, Any], digest: str) -> ModelRecord:
+    arch = record.get("arch")
+    try:
+        cfg = parse_config(str(arch), record.get("config"))
+    except ConfigError as exc:
+        raise WeightsError(f"{path}: bad architecture record: {exc}") from None
+    return ModelRecord(str(path), str(arch), cfg, dict(record.get("metadata") or {}), record.get("training_config"),
+                       digest)
 
 
 def _read_safetensors(path: Path, data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -185,6 +242,11 @@ def _read_safetensors(path: Path, data: bytes) -> tuple[dict[str, torch.Tensor],
         state = safetensors.torch.load(data)
     except Exception as exc:  # safetensors raises its own error types; all mean "not a valid file"
         raise WeightsError(f"{path}: not a valid safetensors file: {exc}") from None
+    return state, _record_of(path, header)
+
+
+def _record_of(path: Path, header: Mapping[str, Any]) -> dict[str, Any]:
+    """The architecture record in a safetensors header's metadata."""
     text = (header.get("__metadata__") or {}).get(RECORD_KEY)
     if text is None:
         raise WeightsError(f"{path}: no architecture record ({RECORD_KEY!r}) in the safetensors metadata")
@@ -192,7 +254,9 @@ def _read_safetensors(path: Path, data: bytes) -> tuple[dict[str, torch.Tensor],
         record = json.loads(text)
     except json.JSONDecodeError as exc:
         raise WeightsError(f"{path}: architecture record is not valid JSON: {exc}") from None
-    return state, record
+    if not isinstance(record, dict):
+        raise WeightsError(f"{path}: architecture record is not a mapping")
+    return record
 
 
 def _read_torch(path: Path, data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

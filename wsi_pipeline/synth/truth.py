@@ -91,11 +91,4 @@ def write_label_mask(layout: Layout, path: str | os.PathLike[str], *, downsample
     return out
 
 
-def glomerulus_mask(g: Glomerulus, x: int, y: int, w: int, h: int) -> np.ndarray:
-    """Boolean mask of ``g`` over the level-0 region (for tests and measurements)."""
-    ys, xs = np.mgrid[y:y + h, x:x + w]
-    dx, dy = xs - g.cx, ys - g.cy
-    return np.hypot(dx, dy) < g.capsule_radius(np.arctan2(dy, dx))
-
-
-__all__ = ["glomerulus_mask", "label_region", "truth_features", "write_label_mask", "write_truth_geojson"]
+__all__ = ["label_region", "truth_features", "write_label_mask", "write_truth_geojson"]

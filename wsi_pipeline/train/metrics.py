@@ -15,17 +15,14 @@ counts as a hit when ``IoU >= iou_threshold`` (0.5: at most one partner per obje
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
-from shapely.geometry.base import BaseGeometry
-from shapely.strtree import STRtree
 
+from ..annotations.matching import DetectionScores, greedy_pairs, polygon_detection_scores
+from ..annotations.matching import ratio as _ratio
 
-def _ratio(num: float, den: float, empty: float) -> float:
-    return float(num / den) if den > 0 else empty
 
 
 @dataclass(frozen=True)
@@ -90,56 +87,6 @@ def pixel_counts(pred: np.ndarray, truth: np.ndarray, *, valid: np.ndarray | Non
     return PixelCounts(tp, fp, fn, int(p.size) - tp - fp - fn)
 
 
-@dataclass(frozen=True)
-class DetectionScores:
-    """One-to-one object matching result; ``+`` pools counts over images. No objects at all scores 1."""
-
-    tp: int = 0
-    fp: int = 0
-    fn: int = 0
-    ious: tuple[float, ...] = field(default=(), repr=False)  # IoU of each matched pair
-
-    def __add__(self, other: DetectionScores) -> DetectionScores:
-        return DetectionScores(self.tp + other.tp, self.fp + other.fp, self.fn + other.fn, self.ious + other.ious)
-
-    @property
-    def precision(self) -> float:
-        return _ratio(self.tp, self.tp + self.fp, 1.0)
-
-    @property
-    def recall(self) -> float:
-        return _ratio(self.tp, self.tp + self.fn, 1.0)
-
-    @property
-    def f1(self) -> float:
-        return _ratio(2 * self.tp, 2 * self.tp + self.fp + self.fn, 1.0)
-
-    @property
-    def mean_iou(self) -> float:
-        return float(np.mean(self.ious)) if self.ious else 0.0
-
-    def as_dict(self, prefix: str = "det_") -> dict[str, float]:
-        return {f"{prefix}f1": self.f1, f"{prefix}precision": self.precision, f"{prefix}recall": self.recall,
-                f"{prefix}tp": float(self.tp), f"{prefix}fp": float(self.fp), f"{prefix}fn": float(self.fn),
-                f"{prefix}mean_iou": self.mean_iou}
-
-
-def _greedy_match(iou: np.ndarray, threshold: float) -> list[float]:
-    """IoUs of the one-to-one pairs picked greedily (highest IoU first) among those ``>= threshold``."""
-    pairs = np.argwhere(iou >= threshold)
-    order: np.ndarray | list[int] = np.argsort(-iou[pairs[:, 0], pairs[:, 1]], kind="stable") if len(pairs) else []
-    used_p: set[int] = set()
-    used_t: set[int] = set()
-    out = []
-    for k in order:
-        i, j = (int(v) for v in pairs[k])
-        if i not in used_p and j not in used_t:
-            used_p.add(i)
-            used_t.add(j)
-            out.append(float(iou[i, j]))
-    return out
-
-
 def label_iou(pred_labels: np.ndarray, truth_labels: np.ndarray) -> np.ndarray:
     """IoU matrix ``(n_pred, n_truth)`` of two label images (0 = background; labels need not be consecutive)."""
     p, t = np.asarray(pred_labels), np.asarray(truth_labels)
@@ -173,9 +120,8 @@ def detection_scores(pred: np.ndarray, truth: np.ndarray, *, iou_threshold: floa
         small = np.flatnonzero(areas < min_area)
         p_lab = np.where(np.isin(p_lab, small[small > 0]), 0, p_lab)
     iou = label_iou(p_lab, t_lab)
-    matched = _greedy_match(iou, iou_threshold)
     n_p, n_t = iou.shape
-    return DetectionScores(len(matched), n_p - len(matched), n_t - len(matched), tuple(matched))
+    return DetectionScores.of_pairs(greedy_pairs(iou, iou_threshold), n_p, n_t)
 
 
 def _as_labels(a: np.ndarray, connectivity: int) -> np.ndarray:
@@ -184,29 +130,6 @@ def _as_labels(a: np.ndarray, connectivity: int) -> np.ndarray:
         structure = ndimage.generate_binary_structure(a.ndim, connectivity)
         return ndimage.label(a != 0, structure=structure)[0]
     return a.astype(np.int64)
-
-
-def polygon_detection_scores(pred: Sequence[BaseGeometry], truth: Sequence[BaseGeometry], *,
-                             iou_threshold: float = 0.5) -> DetectionScores:
-    """Detection scores of predicted vs truth polygons (e.g. the pipeline's GeoJSON vs the phantom's truth).
-
-    >>> from shapely.geometry import box
-    >>> polygon_detection_scores([box(0, 0, 10, 10), box(50, 50, 60, 60)], [box(1, 0, 11, 10)]).as_dict()["det_f1"]
-    0.6666666666666666
-    """
-    if not 0.0 < iou_threshold <= 1.0:
-        raise ValueError(f"iou_threshold={iou_threshold}: expected in (0, 1]")
-    iou = np.zeros((len(pred), len(truth)))
-    if len(pred) and len(truth):
-        tree = STRtree(list(truth))
-        for i, g in enumerate(pred):
-            for j in tree.query(g):
-                t = truth[int(j)]
-                inter = g.intersection(t).area
-                if inter > 0:
-                    iou[i, int(j)] = inter / (g.area + t.area - inter)
-    matched = _greedy_match(iou, iou_threshold)
-    return DetectionScores(len(matched), len(pred) - len(matched), len(truth) - len(matched), tuple(matched))
 
 
 __all__ = ["DetectionScores", "PixelCounts", "detection_scores", "label_iou", "pixel_counts",

@@ -1,6 +1,6 @@
 """Forward throughput (images/s) of every network at its inference size.
 
-    python -m benchmarks.bench_models --out bench_models.json [--batch 8] [--repeats 3] [--unet-size 512]
+    python -m workflows.bench.models --out bench_models.json [--batch 8] [--repeats 3] [--unet-size 512]
 
 CPU float32 always; with CUDA also float32 and bf16 autocast + channels_last. Each case: one warm-up batch, then
 the median of ``--repeats`` timed batches under ``torch.inference_mode``. Writes JSON and prints a markdown table.
@@ -96,7 +96,7 @@ def measure(case: Case, *, device: torch.device, mode: str, batch: int, repeats:
     model = case.make().eval().to(device)
     channels_last = mode == "bf16+channels_last"
     if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     args = _to(case.inputs(batch, case.size), device, channels_last)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=mode.startswith("bf16"))
     times = []

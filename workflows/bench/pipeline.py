@@ -1,6 +1,6 @@
 """Slide-job benchmark: end-to-end time, peak RSS and stage split per slide size; model overhead in the pipeline.
 
-    python -m benchmarks.bench_pipeline --out bench-out/pipeline [--sizes 2048,3072,4096] [--workers 1]
+    python -m workflows.bench.pipeline --out bench-out/pipeline [--sizes 2048,3072,4096] [--workers 1]
 
 Phantom PAS slides (0.5 um/px) are generated once and cached in ``--out/slides``. Every job runs in a fresh
 subprocess (peak RSS = its own high-water mark, ``VmHWM``; nothing warm is shared between sizes). Then, on the largest slide,
@@ -33,7 +33,7 @@ import numpy as np
 
 from .common import peak_rss_mib
 
-SHIPPED_ARCH = {  # the shipped recipes' architectures (configs/train-*.yaml), for stand-ins with random weights
+SHIPPED_ARCH: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {  # the shipped recipes' architectures (configs/train-*.yaml), for stand-ins with random weights
     "g2c": ("g2c", {"stains": ["HE", "MASSON", "PASM"], "generator": {"ngf": 16, "n_blocks": 6},
                     "classifier": {"num_stains": 4, "num_classes": 3, "stem_width": 16, "widths": [32, 64, 128],
                                    "blocks_per_unit": 2}},
@@ -93,13 +93,12 @@ def windows_of(store: Path, settings: Any) -> tuple[list[np.ndarray], int, int]:
     """
     import zarr
 
-    from workflows.slide_ops import StoreGeometry, tissue_chunks
     from wsi_pipeline.infer import window_starts
     from wsi_pipeline.infer.layout import Layout
-    from wsi_pipeline.tiling import read_store_info
+    from wsi_pipeline.tiling import read_store_info, tissue_chunks
 
-    geometry = StoreGeometry.from_info(read_store_info(store))
-    tissue = tissue_chunks(store, geometry)
+    info = read_store_info(store)
+    geometry, tissue = info.geometry, tissue_chunks(store, info)
     src = zarr.open_array(str(store / "0"), mode="r")
     layout = Layout.of(src)
     (height, width), t, cfg = geometry.shape, geometry.tile, settings
@@ -139,17 +138,19 @@ def in_worker_thread(fn: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 def bare_seconds(factory: Any, batches: list[np.ndarray]) -> tuple[float, float]:
-    """``(one-time s, forward s)``: building the predictor + a 1-window warm-up, then all batches timed."""
+    """``(one-time s, forward s)``: building the predictor (in this thread, as ``predict_zarr`` builds it) + a
+    1-window warm-up, then all batches timed on a pool thread (where the pipeline's forwards run)."""
+    t0 = time.perf_counter()
+    predictor = factory()
 
     def loop() -> tuple[float, float]:
-        t0 = time.perf_counter()
-        predictor = factory()
+        t1 = time.perf_counter()
         if batches:
             predictor(batches[0][:1])
-        t1 = time.perf_counter()
+        t2 = time.perf_counter()
         for b in batches:
             predictor(b)
-        return t1 - t0, time.perf_counter() - t1
+        return t1 - t0 + (t2 - t1), time.perf_counter() - t2
 
     return in_worker_thread(loop)  # type: ignore[no-any-return]
 
@@ -218,16 +219,17 @@ def overheads(slide_dir: Path, slide: Path, config: Any, *, workers: int, classi
     from shapely.geometry import shape
 
     from workflows import slide_ops as ops
-    from workflows.stages import segmenter_predictor
+    from workflows.slide_plan import classifier_settings, seg_settings
     from wsi_pipeline.infer.classify import g2c_probabilities
-    from wsi_pipeline.infer.translate import generator_predictor
+    from wsi_pipeline.infer.loaders import generator_predictor, segmenter_predictor
     from wsi_pipeline.slide import open_slide
-    from wsi_pipeline.tiling import read_store_info
+    from wsi_pipeline.tiling import read_store_info, tissue_chunks
+    from wsi_pipeline.weights import resolve_weights
 
     out: dict[str, Any] = {}
     store = slide_dir / "slide.zarr"
-    tissue = ops.tissue_chunks(store, ops.StoreGeometry.from_info(read_store_info(store)))
-    seg = ops.seg_settings(config.segment, config)
+    tissue = tissue_chunks(store, read_store_info(store))
+    seg = seg_settings(config)
     factory = functools.partial(segmenter_predictor, str(seg.weights.path), seg.weights.sha256, config.device)
     batches, forwarded, owned = windows_of(store, seg.inference)
     once, loop = bare_seconds(factory, batches)
@@ -236,22 +238,22 @@ def overheads(slide_dir: Path, slide: Path, config: Any, *, workers: int, classi
     out["segmenter"] = {**res, "separate_bare_loop_s": loop, "one_time_s": once, "window_px": seg.inference.window,
                         "redundancy": forwarded / max(owned, 1), "mpix_per_s_pipeline": owned / 1e6 / res["stage_s"]}
     if classify:
-        bundle = ops.load_classifier(config.classify, config)
+        cls = classifier_settings(config.classify, base_dir=config.base_dir)
+        model = cls.load()
         feats = _json.loads((slide_dir / "stages" / "polygons.geojson").read_text())["features"]
         shapes = [shape(f["geometry"]) for f in feats]
         with open_slide(slide) as s:
-            crops = ops.read_crops(s, shapes, bundle.spec)
-            g2c_probabilities(crops[:1], bundle.model, device=config.device)  # warm-up
+            crops = ops.read_crops(s, shapes, cls.spec)
+            g2c_probabilities(crops[:1], model, device=config.device)  # warm-up
 
             stage, bare = alternate(
-                lambda: ops.classify(s, shapes, bundle, batch_size=config.classify.batch_size, device=config.device),
-                lambda: _timed(g2c_probabilities, crops, bundle.model, batch_size=config.classify.batch_size,
-                               device=config.device))
+                lambda: ops.classify(s, shapes, cls, device=config.device),
+                lambda: _timed(g2c_probabilities, crops, model, batch_size=cls.batch_size, device=config.device))
         out["g2c"] = {"stage_s": stage, "bare_forward_s": bare, "overhead": stage / bare - 1, "crops": len(crops),
                       "crops_per_s_pipeline": len(crops) / stage, "note": "stage includes reading the crops"}
     t = config.translate
-    inference = ops.translate_inference(t, tile=config.tile.tile)
-    ref = ops.resolve_weights(t.generators[t.stains[0]], base_dir=config.base_dir)
+    inference = t.inference(tile=config.tile.tile, minimum_window=512)
+    ref = resolve_weights(t.generators[t.stains[0]], base_dir=config.base_dir)
     factory = functools.partial(generator_predictor, str(ref.path), ref.sha256, config.device)
     batches, forwarded, owned = windows_of(store, inference)
     once, loop = bare_seconds(factory, batches)

@@ -6,7 +6,7 @@ block, not per tile, because creating files costs as much as the pixels in them)
 array is created through zarr itself, so ``zarr.open_group`` and napari read the result normally.
 
 A level's chunks are either :class:`JpegChunks` (the slide's own JPEG tiles copied byte for byte, or pixels encoded
-at a quality; codec ``wsi_pipeline.jpeg``, see :mod:`wsi_pipeline.jpeg_codec`) or :class:`RawChunks` (decoded pixels,
+at a quality; codec ``wsi_pipeline.jpeg``, see :mod:`wsi_pipeline.tiling.codec`) or :class:`RawChunks` (decoded pixels,
 optionally blosc-compressed; lossless, any zarr reads them).
 
 Layout::
@@ -35,7 +35,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, BytesCodec, ShardingCodec, TransposeCodec
 
-from .jpeg_codec import JpegTilesCodec, decode_jpeg_chunk, encode_jpeg_chunk
+from .codec import JpegTilesCodec, decode_jpeg_chunk, encode_jpeg_chunk
 
 Compressor = Literal["lz4", "zstd", "none"]
 FILL = 255
@@ -106,6 +106,17 @@ class JpegChunks:
 
 
 ChunkCodec = RawChunks | JpegChunks
+
+
+@dataclass(frozen=True)
+class StoreLevel:
+    """One output pyramid level as the tasks write it."""
+
+    shape: tuple[int, int]  # (height, width)
+    factor: int  # level-"0" pixels per pixel of this level
+    copy_from: int | None  # slide level whose stored JPEG tiles are copied; None = computed pixels
+    codec: ChunkCodec
+    per_side: int  # chunks per shard side
 
 
 def create_image_array(group: zarr.Group, name: str, *, shape: tuple[int, int], tile: int, shard: int,

@@ -9,12 +9,39 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from PIL import Image
+from pydantic import Field
 
-__all__ = ["TilePlan", "plan_tiling", "SourceLevel", "LevelPlan", "plan_pyramid", "block_levels", "level_maps",
+from ..config import FrozenConfig
+
+__all__ = ["TileConfig", "TilePlan", "plan_tiling", "SourceLevel", "LevelPlan", "plan_pyramid", "block_levels", "level_maps",
            "chunk_tissue_map", "area_resample", "reduce2", "pool_any2", "level_shapes"]
+
+class TileConfig(FrozenConfig):
+    """Tiling settings; their digest is stored so a store written with other settings is never mixed in."""
+
+    mpp: float | None = Field(default=None, gt=0, description="target um/px; None = the slide's level 0")
+    # how far the output MPP may be from ``mpp`` (relative) when that lets tiling copy a pyramid level or reduce it
+    # by a whole factor instead of resampling by a fraction (scanner MPPs are not round); the store records the MPP
+    mpp_tolerance: float = Field(default=0.05, ge=0, lt=0.5)
+    tile: int = Field(default=512, ge=16, le=8192, description="chunk edge in output pixels")
+    task_px: int = Field(default=2048, ge=16, description="edge of one Dask task's block in source pixels")
+    # auto: copy the slide's JPEG tiles where they line up with the chunks (exact pixels, nothing decoded), else
+    # raw decoded pixels. jpeg: the same, but JPEG-encode (jpeg_quality) whatever cannot be copied, level 0 included
+    # (lossy). none / lz4 / zstd: always decoded pixels, lossless (decoded tissue barely compresses: ~1.0 / ~0.9).
+    # JPEG chunks need the ``wsi_pipeline.jpeg`` codec (registered wherever the package is installed); raw ones
+    # read with any zarr v3 implementation.
+    compressor: Literal["auto", "jpeg", "none", "lz4", "zstd"] = "auto"
+    clevel: int = Field(default=1, ge=0, le=9, description="blosc level for lz4 / zstd")
+    jpeg_quality: int = Field(default=90, ge=1, le=100,
+                              description="quality of chunks JPEG-encoded here (pyramid levels below the copied ones)")
+    thumbnail_px: int = Field(default=1024, ge=64, description="longest side of the tissue-detection thumbnail")
+    min_tissue_um2: float = Field(default=20_000.0, ge=0)
+    pyramid: bool = True
+
 
 # mpp ratios closer than this to a stored level are read without resampling (exact pixels)
 _SAME_SCALE_RTOL = 1e-3

@@ -18,15 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import SlideError
-from .jpeg_codec import jpeg_tiles_parts
-from .slide import Slide, TileDecoder, open_slide
-from .slide.tiles import TiffTileDecoder
-from .tiling_core import TilePlan, area_resample, reduce2, source_span
-from .tiling_store import (
+from ..errors import SlideError
+from .codec import jpeg_tiles_parts
+from ..slide import Slide, TileDecoder, open_slide
+from ..slide.tiles import TiffTileDecoder
+from .plan import TilePlan, area_resample, reduce2, source_span
+from .shards import (
+    StoreLevel,
     FILL,
     Chunk,
-    ChunkCodec,
     done_path,
     encode_chunk,
     encode_shard,
@@ -35,20 +35,9 @@ from .tiling_store import (
     write_atomic,
 )
 
-__all__ = ["BlockJob", "CopyJob", "ReduceJob", "StoreLevel", "run_task", "worker_decoder"]
+__all__ = ["BlockJob", "CopyJob", "ReduceJob", "run_task", "worker_decoder"]
 
 _SOI, _EOI = b"\xff\xd8", b"\xff\xd9"
-
-
-@dataclass(frozen=True)
-class StoreLevel:
-    """One output pyramid level as the tasks write it."""
-
-    shape: tuple[int, int]  # (height, width)
-    factor: int  # level-"0" pixels per pixel of this level
-    copy_from: int | None  # slide level whose stored JPEG tiles are copied; None = computed pixels
-    codec: ChunkCodec
-    per_side: int  # chunks per shard side
 
 
 @dataclass(frozen=True)

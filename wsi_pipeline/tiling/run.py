@@ -10,40 +10,37 @@ the target and its stored JPEG tiles line up with the chunks (the chunk edge is 
 tiles are *copied* into the chunks without decoding (codec ``wsi_pipeline.jpeg``): the stored pixels are exactly
 the slide's, and the pyramid is the slide's own reduced levels, copied the same way (2x means below the
 coarsest). Otherwise the pixels are decoded (area-resampled when needed) and stored raw, with a 2x-mean pyramid
-(``TileConfig.compressor`` chooses; see :mod:`wsi_pipeline.tiling_store` for the layout).
+(``TileConfig.compressor`` chooses; see :mod:`wsi_pipeline.tiling.shards` for the layout).
 
 Work is cut into *blocks* of ``block x block`` chunks (one Dask task each, a few MPix): a block writes its tissue
 chunks, its share of the pyramid and, last, its done marker. A re-run skips blocks whose marker exists, so a killed
-run resumes and the finished store is byte-identical to an uninterrupted one. Tasks: :mod:`wsi_pipeline.tiling_tasks`.
+run resumes and the finished store is byte-identical to an uninterrupted one. Tasks:
+:mod:`wsi_pipeline.tiling.tasks`; the store's record: :mod:`wsi_pipeline.tiling.store`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import contextlib
 import os
-import shutil
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any
 
 import numpy as np
-import zarr
-from pydantic import Field
 from shapely.geometry import MultiPolygon, mapping
 
-from . import __version__
-from .config import FrozenConfig
-from .errors import NoTissueError, SlideError, StoreError
-from .slide import Slide, open_slide
-from .slide.tiles import TiffTileDecoder
-from .tiling_core import (
+from ..errors import NoTissueError, SlideError
+from ..slide import Slide, open_slide
+from ..slide.tiles import TiffTileDecoder
+from ..tissue import TissueResult, detect_tissue, mask_to_polygons
+from .plan import (
     LevelPlan,
     SourceLevel,
+    TileConfig,
     TilePlan,
     block_levels,
     chunk_tissue_map,
@@ -51,54 +48,11 @@ from .tiling_core import (
     plan_pyramid,
     plan_tiling,
 )
-from .tiling_store import (
-    DONE_ARRAY,
-    MASK_ARRAY,
-    ChunkCodec,
-    JpegChunks,
-    RawChunks,
-    create_done_array,
-    create_image_array,
-    done_path,
-    ngff_multiscales,
-    remove_partials,
-)
-from .tiling_tasks import (
-    BlockJob,
-    CopyJob,
-    ReduceJob,
-    StoreLevel,
-    run_task,
-    worker_decoder,
-)
-from .tissue import TissueResult, detect_tissue, mask_to_polygons
+from .shards import ChunkCodec, JpegChunks, RawChunks, StoreLevel, done_path, remove_partials
+from .store import STORE_FORMAT, StoreInfo, create_arrays, finish_store, new_store_info, open_or_create
+from .tasks import BlockJob, CopyJob, ReduceJob, run_task, worker_decoder
 
-__all__ = ["TileConfig", "TileResult", "tile_slide", "read_store_info", "STORE_FORMAT"]
-
-STORE_FORMAT = 2  # 2: per-level chunk codecs (copied JPEG tiles), pyramid levels at any power-of-two factor
-
-
-class TileConfig(FrozenConfig):
-    """Tiling settings; their digest is stored so a store written with other settings is never mixed in."""
-
-    mpp: float | None = Field(default=None, gt=0, description="target um/px; None = the slide's level 0")
-    # how far the output MPP may be from ``mpp`` (relative) when that lets tiling copy a pyramid level or reduce it
-    # by a whole factor instead of resampling by a fraction (scanner MPPs are not round); the store records the MPP
-    mpp_tolerance: float = Field(default=0.05, ge=0, lt=0.5)
-    tile: int = Field(default=512, ge=16, le=8192, description="chunk edge in output pixels")
-    task_px: int = Field(default=2048, ge=16, description="edge of one Dask task's block in source pixels")
-    # auto: copy the slide's JPEG tiles where they line up with the chunks (exact pixels, nothing decoded), else
-    # raw decoded pixels. jpeg: the same, but JPEG-encode (jpeg_quality) whatever cannot be copied, level 0 included
-    # (lossy). none / lz4 / zstd: always decoded pixels, lossless (decoded tissue barely compresses: ~1.0 / ~0.9).
-    # JPEG chunks need the ``wsi_pipeline.jpeg`` codec (registered wherever the package is installed); raw ones
-    # read with any zarr v3 implementation.
-    compressor: Literal["auto", "jpeg", "none", "lz4", "zstd"] = "auto"
-    clevel: int = Field(default=1, ge=0, le=9, description="blosc level for lz4 / zstd")
-    jpeg_quality: int = Field(default=90, ge=1, le=100,
-                              description="quality of chunks JPEG-encoded here (pyramid levels below the copied ones)")
-    thumbnail_px: int = Field(default=1024, ge=64, description="longest side of the tissue-detection thumbnail")
-    min_tissue_um2: float = Field(default=20_000.0, ge=0)
-    pyramid: bool = True
+__all__ = ["TileResult", "tile_slide"]
 
 
 @dataclass(frozen=True)
@@ -119,10 +73,11 @@ class TileResult:
     seconds: float
     already_complete: bool = False
     copied: bool = False  # level "0" holds the slide's own JPEG tiles (copied, not decoded)
+    info: StoreInfo | None = None  # the store's record as written (no need to read it back)
 
 
 def tile_slide(
-    slide_path: str | os.PathLike[str],
+    slide: str | os.PathLike[str] | Slide,
     store_path: str | os.PathLike[str],
     *,
     config: TileConfig,
@@ -132,44 +87,47 @@ def tile_slide(
     overwrite: bool = False,
     progress: bool = True,
 ) -> TileResult:
-    """Tile ``slide_path``'s tissue into the zarr v3 group ``store_path``; resumes an interrupted run.
+    """Tile a slide's tissue into the zarr v3 group ``store_path``; resumes an interrupted run.
 
+    ``slide``: a path, or a slide the caller already opened (with ``mpp_override`` applied; it stays open).
     ``client``: a ``dask.distributed.Client`` to run on; otherwise Dask's threaded scheduler with ``workers``
     threads (default: all cores). Raises ``NoTissueError`` when no tissue is found (nothing is written) and
     ``StoreError`` when ``store_path`` holds a store written with other settings (unless ``overwrite``).
     """
     t0 = time.perf_counter()
-    slide_path, store = Path(slide_path).resolve(), Path(store_path)
-    with open_slide(slide_path, mpp_override=mpp_override) as slide:
-        mpp0 = _mean_mpp(slide)
+    store = Path(store_path)
+    opened = None if isinstance(slide, Slide) else open_slide(slide, mpp_override=mpp_override)
+    src: Slide = slide if isinstance(slide, Slide) else opened  # type: ignore[assignment]
+    with opened if opened is not None else contextlib.nullcontext():
+        slide_path = Path(src.path).resolve()
+        mpp0 = _mean_mpp(src)
         try:
-            plan = plan_tiling(slide.level_dimensions, slide.level_downsamples, mpp0, target_mpp=config.mpp,
+            plan = plan_tiling(src.level_dimensions, src.level_downsamples, mpp0, target_mpp=config.mpp,
                                tile=config.tile, task_px=config.task_px, mpp_rtol=config.mpp_tolerance)
         except ValueError as exc:
             raise SlideError(slide_path, f"cannot tile at mpp={config.mpp}: {exc}") from None
-        source = _source_record(slide, slide_path, mpp_override)
-        tissue, thumb_ds = _detect(slide, config=config, mpp0=mpp0)
-        pyramid, copy_codecs = _plan_levels(slide, plan, config)
+        source = _source_record(src, slide_path, mpp_override)
+        tissue, thumb_ds = _detect(src, config=config, mpp0=mpp0)
+        pyramid, copy_codecs = _plan_levels(src, plan, config)
     if tissue.is_empty:
         raise NoTissueError(f"{slide_path}: no tissue detected (optical-density threshold {tissue.threshold:.3f} "
                             f"on a {tissue.mask.shape[1]}x{tissue.mask.shape[0]} thumbnail)")
     chunk_map = chunk_tissue_map(tissue.mask, mask_downsample=thumb_ds, plan=plan)
     settings = {"format": STORE_FORMAT, "config": config.to_dict(), "mpp_override": mpp_override,
                 "source": {"path": str(slide_path), "size": slide_path.stat().st_size}}
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
     levels, n_block = _store_levels(pyramid, copy_codecs, plan, config)
-
-    state = _open_or_create(store, digest=digest, overwrite=overwrite, create=lambda tmp: _create_store(
-        tmp, plan=plan, levels=levels, tissue=tissue, digest=digest, settings=settings, source=source,
-        mpp0=mpp0, chunk_map=chunk_map))
-    out_mpp = mpp0 * plan.downsample0 if mpp0 is not None else None
+    info = open_or_create(store, new_store_info(plan=plan, levels=levels, tissue=tissue, settings=settings,
+                                                source=source, mpp0=mpp0, chunks=int(chunk_map.sum())),
+                          overwrite=overwrite,
+                          create=lambda group: create_arrays(group, plan=plan, levels=levels, tissue_mask=tissue.mask))
+    out_mpp = info.geometry.mpp
     maps = level_maps(chunk_map, pyramid, tile=plan.tile)
     blocks = _block_maps(maps, levels, plan, n_block)
     copied = levels[0].copy_from is not None
-    if state == "complete":
+    if info.complete:
         return TileResult(store, (plan.height, plan.width), plan.level, plan.scale, out_mpp, chunk_map.size,
                           int(chunk_map.sum()), 0, len(blocks), len(blocks), 0,
-                          time.perf_counter() - t0, already_complete=True, copied=copied)
+                          time.perf_counter() - t0, already_complete=True, copied=copied, info=info)
 
     remove_partials(store)
     todo = [(br, bc, m) for (br, bc), m in blocks.items() if not done_path(store, br, bc).exists()]
@@ -188,27 +146,10 @@ def tile_slide(
                     written = sum(counts[:len(jobs)])
         polygons = MultiPolygon(list(outline.result()))
 
-    group = zarr.open_group(store, mode="r+")
-    meta = dict(cast("Mapping[str, Any]", group.attrs["wsi_pipeline"]))
-    meta["tissue"] = {**cast(dict[str, Any], meta["tissue"]), "polygons_level0": mapping(polygons)}
-    meta["complete"] = True  # written last: readers trust the store only from here on
-    group.attrs["wsi_pipeline"] = meta
+    info = finish_store(store, info, polygons_level0=mapping(polygons))
     return TileResult(store, (plan.height, plan.width), plan.level, plan.scale, out_mpp, chunk_map.size,
                       int(chunk_map.sum()), written, len(blocks), len(blocks) - len(todo), len(todo),
-                      time.perf_counter() - t0, copied=copied)
-
-
-def read_store_info(store_path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The ``wsi_pipeline`` attributes of a tiled store; ``StoreError`` if it is not one or is unfinished."""
-    store = Path(store_path)
-    try:
-        group = zarr.open_group(store, mode="r")
-        meta = dict(cast("Mapping[str, Any]", group.attrs["wsi_pipeline"]))
-    except (FileNotFoundError, KeyError, ValueError, zarr.errors.NodeTypeValidationError) as exc:
-        raise StoreError(f"{store}: not a wsi-pipeline tiled store ({type(exc).__name__}: {exc})") from None
-    if not meta.get("complete"):
-        raise StoreError(f"{store}: tiling did not finish (re-run `wsi-pipeline tile` to resume)")
-    return meta
+                      time.perf_counter() - t0, copied=copied, info=info)
 
 
 # -- driver-side helpers ----------------------------------------------------------------------------------
@@ -337,77 +278,6 @@ def _post_jobs(slide_path: str, mpp_override: float | None, store: str, levels: 
         if stage:
             reduces.append(stage)
     return copies, reduces
-
-
-def _open_or_create(store: Path, *, digest: str, overwrite: bool, create: Callable[[Path], None]) -> str:
-    """``"complete"``, ``"resume"`` or ``"new"``; a new store is built under a temp name, then renamed."""
-    if store.exists():
-        try:
-            meta = dict(cast("Mapping[str, Any]", zarr.open_group(store, mode="r").attrs["wsi_pipeline"]))
-            found = meta.get("settings_digest")
-        except Exception:  # not a zarr group or not ours
-            found, meta = None, {}
-        if found == digest and not overwrite:
-            return "complete" if meta.get("complete") else "resume"
-        if not overwrite:
-            what = "another slide or other settings" if found else "something that is not a wsi-pipeline store"
-            raise StoreError(f"{store}: holds {what} (settings digest {str(found)[:12]} != {digest[:12]}); "
-                             "pass overwrite=True / --overwrite to replace it")
-        shutil.rmtree(store) if store.is_dir() else store.unlink()
-    tmp = store.with_name(f".{store.name}.creating-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    store.parent.mkdir(parents=True, exist_ok=True)
-    create(tmp)
-    os.replace(tmp, store)
-    return "new"
-
-
-
-def _create_store(tmp: Path, *, plan: TilePlan, levels: Sequence[StoreLevel], tissue: TissueResult, digest: str,
-                  settings: dict[str, Any], source: dict[str, Any], mpp0: float | None,
-                  chunk_map: np.ndarray) -> None:
-    group = zarr.open_group(tmp, mode="w", zarr_format=3)
-    for i, lv in enumerate(levels):
-        create_image_array(group, str(i), shape=lv.shape, tile=plan.tile, shard=lv.per_side * plan.tile,
-                           codec=lv.codec)
-    create_done_array(group, block_grid=plan.block_grid)
-    mask = group.create_array(MASK_ARRAY, shape=tissue.mask.shape, chunks=tissue.mask.shape, dtype="uint8",
-                              fill_value=0)
-    mask[:] = tissue.mask.astype(np.uint8)
-    out_mpp = mpp0 * plan.downsample0 if mpp0 is not None else None
-    group.attrs["ome"] = ngff_multiscales(name=Path(source["path"]).stem, factors=[lv.factor for lv in levels],
-                                          mpp=out_mpp)
-    group.attrs["wsi_pipeline"] = {
-        "version": __version__,
-        "settings_digest": digest,
-        "settings": settings,
-        "complete": False,
-        "source": source,
-        "geometry": {
-            "origin_level0": [0.0, 0.0],  # level-0 (x, y) of output pixel (0, 0)'s top-left corner
-            "scale_level0": [plan.downsample0, plan.downsample0],  # level-0 pixels per output pixel (x, y)
-            "source_level": plan.level,
-            "resampled": plan.resampled,
-            "mpp": out_mpp,
-            "shape": [plan.height, plan.width],
-            "tile": plan.tile,
-            "block": plan.block,
-            "shard_chunks": [lv.per_side for lv in levels],
-        },
-        "pyramid": [{"shape": list(lv.shape), "factor": lv.factor, "copied_from_level": lv.copy_from,
-                     "chunks": {"kind": "jpeg" if isinstance(lv.codec, JpegChunks) else "raw", **asdict(lv.codec)}}
-                    for lv in levels],
-        "tissue": {
-            "mask_array": MASK_ARRAY,
-            "mask_downsample_level0": tissue.downsample,
-            "threshold_od": tissue.threshold,
-            "area_level0_px": tissue.area_level0_px,
-            "chunks": int(chunk_map.sum()),
-            "polygons_level0": None,  # the outline, traced while the tasks run (see tile_slide)
-        },
-        "done_array": DONE_ARRAY,
-    }
 
 
 def _run_tasks(fn: Callable[[Any], int], jobs: Sequence[Any], *, client: Any, workers: int | None,

@@ -1,6 +1,6 @@
 """Accuracy benchmark: the default slide job on held-out phantom slides, scored against their truth GeoJSON.
 
-    python -m benchmarks.bench_accuracy --out bench-out/accuracy [--seeds 31-40] [--size 8192] [--config FILE]
+    python -m workflows.bench.accuracy --out bench-out/accuracy [--seeds 31-40] [--size 8192] [--config FILE]
     wsi-pipeline bench accuracy --out bench-out/accuracy ...      (the same, from the CLI)
 
 Each seed is its own phantom layout with its own stain strength, blur, noise and JPEG quality (none of the seeds
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--config", type=Path, default=None, help="job YAML [default: configs/default.yaml values]")
     p.add_argument("--workers", type=int, default=2, help="Dask threads per job")
     p.add_argument("--labelled", type=Path, default=None,
-                   help="score a folder of images/ + masks/ instead of phantom slides (see benchmarks.bench_labelled)")
+                   help="score a folder of images/ + masks/ instead of phantom slides (see workflows.bench.labelled)")
     p.add_argument("--mpp", type=float, default=None, help="with --labelled: um/px of every image (else mpp.json)")
     p.add_argument("--label-stain", default=None, help="with --labelled: stain name for every image")
     p.add_argument("--only", default=None, help="with --labelled: comma-separated image names to score")
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="with --labelled: truth objects smaller than this are left out of the object scores")
     args = p.parse_args(argv)
     if args.labelled is not None:
-        from benchmarks.bench_labelled import run_labelled, run_unlabelled
+        from workflows.bench.labelled import run_labelled, run_unlabelled
         from workflows.job_config import load_job_config as _load
         from wsi_pipeline.labelled import IMAGE_SUFFIXES
 
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
             return
 
         if args.cv_runs is not None:
-            from benchmarks.bench_labelled import run_cv
+            from workflows.bench.labelled import run_cv
 
             results = run_cv(args.labelled, args.cv_runs, args.out.resolve(), config=_load(args.config),
                              min_truth_um2=args.min_truth_um2, workers=args.workers)
@@ -125,10 +125,9 @@ def main(argv: list[str] | None = None) -> None:
 
     from tqdm import tqdm
 
-    from workflows.cmd_demo import evaluate
     from workflows.job_config import load_job_config
     from workflows.slide_job import run_slide
-    from wsi_pipeline.annotations import qupath_problems
+    from wsi_pipeline.annotations import evaluate_geojson, qupath_problems
     from wsi_pipeline.synth import write_phantom
 
     out = args.out.resolve()
@@ -148,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
         if entry["status"] != "ok" and entry["status"] != "skipped":
             raise SystemExit(f"seed {seed}: job {entry['status']}: {entry['reason']}")
         pred = Path(entry["output"]) / "glomeruli.geojson"
-        scores = evaluate(pred, truth)
+        scores = evaluate_geojson(pred, truth)
         problems = qupath_problems(json.loads(pred.read_text()))
         pairs += scores.pop("class_pairs")
         slides.append({"seed": seed, "truth": scores["tp"] + scores["fn"], **scores,

@@ -1,6 +1,6 @@
 """Tiling benchmark: our tiling vs the raw JPEG-decode floor vs a plain openslide ``read_region`` loop.
 
-    python -m benchmarks.bench_tiling --out bench-out/tiling [--sizes 10000,20000,40000] [--phantom-size 20000]
+    python -m workflows.bench.tiling --out bench-out/tiling [--sizes 10000,20000,40000] [--phantom-size 20000]
     wsi-pipeline bench tiling --out bench-out/tiling ...      (the same, from the CLI)
 
 Slides are generated once and cached in ``--out/slides``: a phantom (``wsi_pipeline.synth``) and square slides
@@ -27,7 +27,7 @@ import numpy as np
 
 from .common import peak_rss_mib
 
-PAS = Path(__file__).resolve().parents[2] / "shared" / "data" / "kidney-stains" / "orig_patch_stain_02.png"
+PAS = Path(__file__).resolve().parents[3] / "shared" / "data" / "kidney-stains" / "orig_patch_stain_02.png"
 MPP = 0.25
 SCANNER_MPP = 0.2528  # an Aperio AT2 at 40x
 
@@ -83,8 +83,9 @@ def phantom_slide(out: Path, size: int) -> Path:
 def _work(slide_path: Path, tile: int, mpp: float | None) -> dict[str, Any]:
     """What tiling at ``mpp`` reads: the tissue chunks' source boxes on the chosen level, and their pixel count."""
     from wsi_pipeline.slide import open_slide
-    from wsi_pipeline.tiling import TileConfig, _detect
-    from wsi_pipeline.tiling_core import chunk_tissue_map, plan_tiling, source_span
+    from wsi_pipeline.tiling import TileConfig
+    from wsi_pipeline.tiling.run import _detect
+    from wsi_pipeline.tiling.plan import chunk_tissue_map, plan_tiling, source_span
 
     cfg = TileConfig(tile=tile, mpp=mpp)
     with open_slide(slide_path) as slide:
@@ -156,7 +157,7 @@ def measure(kind: str, slide_path: Path, *, tile: int, workers: int, scratch: Pa
         import threading
 
         from wsi_pipeline.slide import open_slide
-        from wsi_pipeline.tiling_tasks import worker_decoder
+        from wsi_pipeline.tiling.tasks import worker_decoder
 
         with open_slide(slide_path) as slide:
             dec = worker_decoder(slide, plan.level)
@@ -202,11 +203,11 @@ def measure(kind: str, slide_path: Path, *, tile: int, workers: int, scratch: Pa
 
 
 def _subprocess(kind: str, slide: Path, args: argparse.Namespace, mpp: float | None = None) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "benchmarks.bench_tiling", "--measure", kind, "--slide", str(slide),
+    cmd = [sys.executable, "-m", "workflows.bench.tiling", "--measure", kind, "--slide", str(slide),
            "--tile", str(args.tile), "--workers", str(args.workers), "--out", str(args.out),
            "--store-dir", str(args.store_dir or args.out / "scratch")]
     cmd += ["--mpp", str(mpp or 0)]  # 0 = level 0 (the option's default is for the driver's extra rows)
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
     if proc.returncode != 0:
         raise RuntimeError(f"{kind} on {slide.name} failed:\n{proc.stderr[-3000:]}")
     row = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -1,6 +1,6 @@
 """Batch scale benchmark: a folder of phantom slides through the batch layer on local clusters of different shapes.
 
-    python -m benchmarks.bench_batch --out bench-out/batch [--slides 20] [--size 4096] [--layouts 1x2,2x1]
+    python -m workflows.bench.batch --out bench-out/batch [--slides 20] [--size 4096] [--layouts 1x2,2x1]
 
 ``--distinct`` seeded PAS phantoms (0.5 um/px, ``--size`` px square) are generated once (cached in
 ``--out/phantoms``) and copied round-robin into a folder of ``--slides`` slides. Each layout ``WxT`` (W worker

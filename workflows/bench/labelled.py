@@ -44,14 +44,15 @@ def _rasterise(polys: list[Any], size: tuple[int, int]) -> np.ndarray:
 def score_image(pred_polys: list[Any], labels: np.ndarray, *, mpp: float, min_truth_um2: float) -> dict[str, Any]:
     """Pixel counts and detection scores of level-0 polygons against instance labels of the same image."""
     from wsi_pipeline.annotations import mask_to_polygons
-    from wsi_pipeline.train.metrics import pixel_counts, polygon_detection_scores
+    from wsi_pipeline.annotations.matching import polygon_detection_scores
 
     h, w = labels.shape
     pred = _rasterise(pred_polys, (w, h))
-    counts = pixel_counts(pred, labels > 0)
+    truth_px = labels > 0
+    tp, fp, fn = int((pred & truth_px).sum()), int((pred & ~truth_px).sum()), int((~pred & truth_px).sum())
     truth = mask_to_polygons(labels, min_area_px=min_truth_um2 / mpp**2, simplify_tol=0.5)
     det = polygon_detection_scores(pred_polys, truth, iou_threshold=0.5)
-    return {"tp_px": counts.tp, "fp_px": counts.fp, "fn_px": counts.fn, "dice": counts.dice,
+    return {"tp_px": tp, "fp_px": fp, "fn_px": fn, "dice": 2 * tp / max(2 * tp + fp + fn, 1),
             "truth": len(truth), "pred": len(pred_polys), "tp": det.tp, "fp": det.fp, "fn": det.fn,
             "f1": det.f1, "precision": det.precision, "recall": det.recall}
 

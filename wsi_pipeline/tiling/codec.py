@@ -10,7 +10,7 @@ tiles holds several streams. Encoded chunk layout (all little-endian)::
 array side is ``(height, width, 3)`` uint8 RGB (an image array stored ``(c, y, x)`` puts a ``transpose`` codec in
 front). ``colorspace`` tells libjpeg what the streams hold when their markers do not say it (Aperio's RGB tiles
 carry no JFIF/Adobe marker): ``"RGB"``, ``"YCbCr"`` or ``None`` (libjpeg's own guess); decoded pixels equal
-openslide's for the same stream. Registered with zarr on ``import wsi_pipeline`` and through the ``zarr.codecs``
+openslide's for the same stream. Registered with zarr on ``import wsi_pipeline.tiling`` and through the ``zarr.codecs``
 entry point, so any environment with the package installed reads such stores with plain ``zarr.open_group``.
 
     >>> px = np.full((32, 64, 3), 200, np.uint8)
@@ -204,4 +204,4 @@ def register() -> None:
     register_codec(CODEC_NAME, JpegTilesCodec)
 
 
-register()
+

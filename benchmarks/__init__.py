@@ -1,1 +1,0 @@
-"""Benchmarks: ``python -m benchmarks.<name> --out FILE.json`` writes JSON and prints a markdown table."""
