@@ -115,6 +115,7 @@ def test_full_job_writes_qupath_geojson_and_overlay(work: dict) -> None:
     assert data["type"] == "FeatureCollection"
     feats = data["features"]
     assert len(feats) == N_GLOMERULI == entry["counts"]["glomeruli"]
+    assert entry["counts"]["stain"] == "PAS" and "warnings" not in entry["counts"]  # recognised, no warning
     truth = [shape(f["geometry"]) for f in json.loads(work["phantom"].truth_geojson.read_text())["features"]]
     matched = set()
     for f in feats:
@@ -128,6 +129,7 @@ def test_full_job_writes_qupath_geojson_and_overlay(work: dict) -> None:
         assert m["seg_confidence"] > 0.5 and 2500 < m["area_um2"] < 200_000
         meta = props["metadata"]
         assert meta["virtual_stains"] == "HE,MASSON,PASM" and meta["mpp_source"] == "file"
+        assert meta["stain"] == "PAS"
         assert "sha256:" in meta["segmenter"] and "sha256:" in meta["classifier"]
         assert meta["pipeline"].startswith("wsi-pipeline ") and meta["bounds_offset"] == "0,0"
         geom = shape(f["geometry"])
@@ -230,6 +232,17 @@ def test_translate_writes_aligned_ome_tiff(work: dict) -> None:
     for (r, c), is_tissue in np.ndenumerate(tissue):
         inner = px[r * 128 + 8:(r + 1) * 128 - 8, c * 128 + 8:(c + 1) * 128 - 8]  # JPEG chroma bleeds at edges
         assert (inner >= 250).all() != is_tissue  # glass chunks are white, generated chunks are not
+
+
+def test_other_stain_is_recognised_and_processed_with_a_warning(work: dict, tmp_path: Path) -> None:
+    he = write_phantom(tmp_path / "slides", size=1024, stains=("HE",), seed=4, n_glomeruli=2).slides["HE"]
+    entry = run_slide(he, tmp_path / "out", config=work["config"], task="segment", workers=1)
+    assert entry["status"] == "ok", entry["reason"]
+    counts = entry["counts"]
+    assert counts["stain"] == "HE" and counts["route"] == "direct"
+    assert any("HE" in w and "PAS" in w for w in counts["warnings"])
+    meta = json.loads((Path(entry["output"]) / "glomeruli.geojson").read_text())
+    assert all(f["properties"]["metadata"]["stain"] == "HE" for f in meta["features"])
 
 
 def test_no_tissue_slide_is_an_outcome(work: dict, tmp_path: Path) -> None:

@@ -140,14 +140,15 @@ def write_markdown(out_dir: Path, entries: Sequence[dict[str, Any]], *, task: st
     lines = [f"# wsi-pipeline run --task {task}", "",
              f"{len(entries)} slides: " + ", ".join(f"{totals.get(s, 0)} {s}" for s in STATUSES), ""]
     lines += [f"- {n}" for n in notes] + ([""] if notes else [])
-    lines += ["| slide | status | glomeruli | classes | stages run | s | reason / output |",
-              "|---|---|---:|---|---|---:|---|"]
+    lines += ["| slide | status | stain | glomeruli | classes | stages run | s | reason / output |",
+              "|---|---|---|---:|---|---|---:|---|"]
     for e in entries:
         counts = e.get("counts") or {}
         classes = ", ".join(f"{k} {v}" for k, v in sorted((counts.get("classes") or {}).items()))
-        cells = [Path(e["input"]).name, e["status"], str(counts.get("glomeruli", counts.get("features", ""))),
+        cells = [Path(e["input"]).name, e["status"], str(counts.get("stain", "")),
+                 str(counts.get("glomeruli", counts.get("features", ""))),
                  classes, ",".join(e.get("stages_run") or []) or "-", f"{e.get('seconds', 0):.1f}",
-                 e.get("reason") or e.get("output", "")]
+                 "; ".join([e.get("reason") or e.get("output", ""), *(counts.get("warnings") or [])])]
         lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
     return atomic_write_text(out_dir / "report.md", "\n".join(lines) + "\n")
 

@@ -42,6 +42,7 @@ from wsi_pipeline.atomic import atomic_write_json, atomic_write_text
 from wsi_pipeline.errors import AnnotationError, NoTissueError, StoreError, WsiPipelineError
 from wsi_pipeline.export.tiff import write_pyramidal_tiff
 from wsi_pipeline.infer import TiledInferenceConfig
+from wsi_pipeline.stain.recognise import recognise_stain
 from wsi_pipeline.tiling import tile_slide, tissue_mask
 from wsi_pipeline.weights import WeightsRef, resolve_weights
 
@@ -186,6 +187,7 @@ class _SlideJob:
         plan, cfg = self.plan, self.config
         seg = seg_settings(cfg)
         tile_digest = self.tile(seg.mpp)
+        self.check_stain(seg.stains, classify=self.task == "full")
         if self.until == "tile":
             return
         seg_digest = digest_of("segment", tile_digest, seg.to_dict(), cfg.device)
@@ -225,12 +227,31 @@ class _SlideJob:
                 res = tile_slide(plan.slide, self.store, overwrite=True, **kw)
             if res.info is not None:
                 plan.set_store(res.info)
+            thumb = res.thumbnail if res.thumbnail is not None else plan.slide.thumbnail(1024)
+            guess = recognise_stain(thumb, mask=res.tissue_mask if res.thumbnail is not None else None)
             return [self.store], {"tissue_chunks": res.chunks_tissue, "chunks_total": res.chunks_total,
-                                  "tiled_shape": list(res.shape), "tiled_mpp": res.mpp}
+                                  "tiled_shape": list(res.shape), "tiled_mpp": res.mpp, "stain": guess.stain,
+                                  "stain_margin": round(guess.margin, 3), "stain_reason": guess.reason}
 
         self.stage("tile", digest, body)
         self.outputs["store"] = str(self.store)
         return digest
+
+    def check_stain(self, trained: tuple[str, ...], *, classify: bool) -> None:
+        """Every stain goes the direct path (the segmenter learnt other stains by stain randomisation); a stain it
+        had no labelled data in, or one not recognised, is processed with a warning in the report."""
+        stain = str(self.counts.get("stain", "UNKNOWN"))
+        self.counts["route"] = "direct"
+        warnings = []
+        if stain == "UNKNOWN":
+            warnings.append(f"stain not recognised ({self.counts.get('stain_reason', '')}); segmented as is")
+        elif stain not in trained:
+            warnings.append(f"stain {stain}: the segmenter had labelled data in {', '.join(trained)} only; on "
+                            f"{stain} it relies on its stain augmentation (check the overlay)")
+        if classify and stain != "PAS":
+            warnings.append(f"stain {stain}: G2C classes assume PAS input")
+        if warnings:
+            self.counts["warnings"] = warnings
 
     def find_polygons(self, seg: SegSettings) -> tuple[list[Annotation], dict[str, Any]]:
         found = ops.polygons(self.store, seg, self.plan.info.geometry, mpp0=self.plan.mpp0,
@@ -252,7 +273,8 @@ class _SlideJob:
     def export(self, items: Sequence[Annotation | Feature], models: dict[str, str]) -> tuple[list[Path], dict[str, Any]]:
         geojson, overlay = self.slide_dir / "glomeruli.geojson", self.slide_dir / "overlay.png"
         slide = self.plan.slide
-        meta = {**ops.base_metadata(slide, mpp_override=self.mpp_override, bounds_offset=self.plan.offset), **models}
+        meta = {**ops.base_metadata(slide, mpp_override=self.mpp_override, bounds_offset=self.plan.offset), **models,
+                "stain": str(self.counts.get("stain", "UNKNOWN"))}
         write_geojson(geojson, items, bounds_offset=self.plan.offset, mpp=self.plan.mpp0, metadata=meta)
         areas = [a for a in items if isinstance(a, Annotation)]
         ops.write_overlay(overlay, slide, areas, max_px=self.config.overlay_px)

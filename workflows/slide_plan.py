@@ -43,6 +43,7 @@ class SegSettings:
     threshold: float
     min_area_um2: float
     inference: TiledInferenceConfig
+    stains: tuple[str, ...] = ("PAS",)  # the stains the segmenter had labelled training data in (its record)
 
     def to_dict(self) -> dict[str, Any]:
         return {"weights": self.weights.sha256, "mpp": self.mpp, "threshold": self.threshold,
@@ -58,7 +59,8 @@ def seg_settings(config: JobConfig) -> SegSettings:
     min_area = config.polygons.min_area_um2
     return SegSettings(ref, float(section.mpp or meta.get("mpp", 2.0)),
                        float(section.threshold or meta.get("threshold", 0.5)),
-                       float(min_area if min_area is not None else meta.get("min_area_um2", 2000.0)), inference)
+                       float(min_area if min_area is not None else meta.get("min_area_um2", 2000.0)), inference,
+                       tuple(str(x).upper() for x in meta.get("stains", ["PAS"])))
 
 
 @dataclass(frozen=True)

@@ -111,11 +111,11 @@ def run_labelled(folder: Path, out: Path, *, config: Any, mpp: float | None = No
         t0 = time.perf_counter()
         entry = run_slide(slide, out / "jobs", config=config, task="segment", workers=workers)
         seconds = time.perf_counter() - t0
-        row: dict[str, Any] = {"name": item.name, "stain": item.stain or "unknown", "group": item.group,
-                               "mpp": item.mpp, "status": entry["status"], "seconds": round(seconds, 2)}
         stain_found = (entry.get("counts") or {}).get("stain")
-        if stain_found:
-            row["stain_recognised"] = stain_found
+        # per-stain tables use the folder's stain names, else what the job recognised
+        row: dict[str, Any] = {"name": item.name, "stain": item.stain or stain_found or "unknown",
+                               "stain_recognised": stain_found, "group": item.group, "mpp": item.mpp,
+                               "status": entry["status"], "seconds": round(seconds, 2)}
         polys: list[Any] = []
         if entry["status"] in ("ok", "skipped"):
             polys = _polygons_of(Path(entry["output"]) / "glomeruli.geojson")

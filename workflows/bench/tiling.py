@@ -94,7 +94,7 @@ def _work(slide_path: Path, tile: int, mpp: float | None) -> dict[str, Any]:
         plan = plan_tiling(slide.level_dimensions, slide.level_downsamples, mpp0, target_mpp=mpp, tile=tile,
                            task_px=cfg.task_px, mpp_rtol=cfg.mpp_tolerance)
         t0 = time.perf_counter()
-        tissue, ds = _detect(slide, config=cfg, mpp0=mpp0)
+        tissue, ds, _ = _detect(slide, config=cfg, mpp0=mpp0)
         detect_s = time.perf_counter() - t0
     cmap = chunk_tissue_map(tissue.mask, mask_downsample=ds, plan=plan)
     lw, lh = plan.level_size

@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,8 @@ class TileResult:
     already_complete: bool = False
     copied: bool = False  # level "0" holds the slide's own JPEG tiles (copied, not decoded)
     info: StoreInfo | None = None  # the store's record as written (no need to read it back)
+    thumbnail: np.ndarray | None = field(default=None, repr=False)  # the RGB thumbnail tissue was detected on
+    tissue_mask: np.ndarray | None = field(default=None, repr=False)  # its tissue mask (same shape)
 
 
 def tile_slide(
@@ -107,7 +109,7 @@ def tile_slide(
         except ValueError as exc:
             raise SlideError(slide_path, f"cannot tile at mpp={config.mpp}: {exc}") from None
         source = _source_record(src, slide_path, mpp_override)
-        tissue, thumb_ds = _detect(src, config=config, mpp0=mpp0)
+        tissue, thumb_ds, thumb = _detect(src, config=config, mpp0=mpp0)
         pyramid, copy_codecs = _plan_levels(src, plan, config)
     if tissue.is_empty:
         raise NoTissueError(f"{slide_path}: no tissue detected (optical-density threshold {tissue.threshold:.3f} "
@@ -127,7 +129,8 @@ def tile_slide(
     if info.complete:
         return TileResult(store, (plan.height, plan.width), plan.level, plan.scale, out_mpp, chunk_map.size,
                           int(chunk_map.sum()), 0, len(blocks), len(blocks), 0,
-                          time.perf_counter() - t0, already_complete=True, copied=copied, info=info)
+                          time.perf_counter() - t0, already_complete=True, copied=copied, info=info,
+                          thumbnail=thumb, tissue_mask=tissue.mask)
 
     remove_partials(store)
     todo = [(br, bc, m) for (br, bc), m in blocks.items() if not done_path(store, br, bc).exists()]
@@ -149,7 +152,7 @@ def tile_slide(
     info = finish_store(store, info, polygons_level0=mapping(polygons))
     return TileResult(store, (plan.height, plan.width), plan.level, plan.scale, out_mpp, chunk_map.size,
                       int(chunk_map.sum()), written, len(blocks), len(blocks) - len(todo), len(todo),
-                      time.perf_counter() - t0, copied=copied, info=info)
+                      time.perf_counter() - t0, copied=copied, info=info, thumbnail=thumb, tissue_mask=tissue.mask)
 
 
 # -- driver-side helpers ----------------------------------------------------------------------------------
@@ -166,12 +169,13 @@ def _source_record(slide: Slide, path: Path, mpp_override: float | None) -> dict
             "bounds": list(slide.bounds) if slide.bounds else None}
 
 
-def _detect(slide: Slide, *, config: TileConfig, mpp0: float | None) -> tuple[TissueResult, tuple[float, float]]:
+def _detect(slide: Slide, *, config: TileConfig,
+            mpp0: float | None) -> tuple[TissueResult, tuple[float, float], np.ndarray]:
     thumb = _thumbnail(slide, config.thumbnail_px)
     w0, h0 = slide.dimensions
     ds = (w0 / thumb.shape[1], h0 / thumb.shape[0])
     return detect_tissue(thumb, downsample=(ds[0] + ds[1]) / 2, mpp=mpp0, min_area_um2=config.min_tissue_um2,
-                         outline=False), ds
+                         outline=False), ds, thumb
 
 
 def _thumbnail(slide: Slide, max_px: int) -> np.ndarray:
