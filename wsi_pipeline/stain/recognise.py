@@ -29,18 +29,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .dyes import unit
 from .od import check_rgb, rgb_to_od
 
 STAINS = ("PAS", "HE", "SILVER", "SIRIUS_RED", "TRICHROME", "IHC_DAB", "UNKNOWN")
-_DIRECTIONS: dict[str, tuple[float, float, float]] = {
-    "hematoxylin": (0.65, 0.70, 0.29),
-    "pink": (0.18, 0.95, 0.25),
-    "dab": (0.27, 0.57, 0.78),
-    "neutral": (0.577, 0.577, 0.577),
-    "yellow": (0.05, 0.25, 0.97),
-    "blue": (0.85, 0.45, 0.27),
-}
-_UNIT = np.array([np.array(v) / np.linalg.norm(v) for v in _DIRECTIONS.values()])
+#: share name -> dye of :mod:`.dyes` whose absorbance direction defines it
+_DIRECTIONS = {"hematoxylin": "hematoxylin", "pink": "pink", "dab": "dab", "neutral": "silver", "yellow": "picric",
+               "blue": "aniline_blue"}
+_UNIT = np.array([unit(d) for d in _DIRECTIONS.values()])
 MIN_PIXELS = 500
 
 

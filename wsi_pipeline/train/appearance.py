@@ -24,19 +24,14 @@ from PIL import Image
 from scipy import ndimage
 
 from ..config import FrozenConfig
+from ..stain.dyes import ABSORBANCE
 from ..stain.macenko import fit_macenko
 from ..stain.od import od_to_rgb, rgb_to_od
 
-_HEMATOXYLIN = np.array([0.65, 0.70, 0.29])
-#: counter-stain absorbance directions (R, G, B optical density), normalised below
+_HEMATOXYLIN = np.array(ABSORBANCE["hematoxylin"])
+#: the counter-stains a crop is re-rendered in (absorbance directions from :mod:`wsi_pipeline.stain.dyes`)
 COUNTERSTAINS: dict[str, tuple[float, float, float]] = {
-    "eosin": (0.07, 0.99, 0.11),
-    "pas": (0.27, 0.90, 0.35),
-    "dab": (0.27, 0.57, 0.78),
-    "silver": (0.58, 0.58, 0.57),
-    "sirius_red": (0.10, 0.80, 0.59),
-    "aniline_blue": (0.85, 0.45, 0.27),
-}
+    k: ABSORBANCE[k] for k in ("eosin", "pas", "dab", "silver", "sirius_red", "aniline_blue")}
 _PAS_MATRIX = np.stack([_HEMATOXYLIN, np.array(COUNTERSTAINS["pas"])])
 _PAS_MATRIX = _PAS_MATRIX / np.linalg.norm(_PAS_MATRIX, axis=1, keepdims=True)
 
