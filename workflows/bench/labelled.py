@@ -199,7 +199,11 @@ def run_unlabelled(images: list[Path], out: Path, *, config: Any, mpp: float, wo
         stain = (entry.get("counts") or {}).get("stain") or recognise_stain(small).stain
         rows.append({"name": path.stem, "status": entry["status"], "stain_recognised": stain,
                      "glomeruli": len(polys), "areas_um2": [round(p.area * mpp**2) for p in polys]})
-        tiles.append(_overlay(image, np.zeros(image.shape[:2], np.uint16), polys))
+        tile = Image.fromarray(_overlay(image, np.zeros(image.shape[:2], np.uint16), polys, side=400))
+        draw = ImageDraw.Draw(tile)
+        draw.rectangle((0, 0, 399, 16), fill=(255, 255, 255))
+        draw.text((4, 3), f"{path.stem}: {stain}, {len(polys)} found", fill=(0, 0, 0))
+        tiles.append(np.asarray(tile))
     results = {"images": rows, "mpp": mpp, "models": str(config.segment.weights)}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     cols = min(6, len(tiles))
