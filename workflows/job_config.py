@@ -86,7 +86,9 @@ class PolygonSection(FrozenConfig):
     """Probability map -> glomerulus polygons (level 0 of the input slide)."""
 
     min_area_um2: float | None = Field(None, ge=0)  # None: the segmenter record's, else 2000
-    max_area_um2: float = Field(200_000.0, gt=0)
+    # 100,000 um^2 = 357 um equivalent diameter, above any human glomerulus (about 100-300 um across): larger
+    # objects are tissue the segmenter over-calls (seen on IHC and silver patches), not glomeruli
+    max_area_um2: float = Field(100_000.0, gt=0)
     simplify_px: float = Field(1.0, ge=0)  # in segmentation pixels
 
 

@@ -50,6 +50,9 @@ class RealSegDataConfig(FrozenConfig):
     max_paste: int = Field(3, ge=1)
     scale_jitter: float = Field(0.3, ge=0, lt=1, description="MPP error: the crop's scale in [1-j, 1+j]")
     appearance: AppearanceConfig = AppearanceConfig()
+    # share of items drawn from the phantom scenes (the recipe's train_seeds / stains), same appearance augmentation:
+    # keeps the synthetic test instrument (demo, phantom benchmarks) working beside real tissue
+    phantom_fraction: float = Field(0.0, ge=0, lt=1)
 
 
 @dataclass(frozen=True)
@@ -196,6 +199,32 @@ def paste(image: np.ndarray, labels: np.ndarray, crop: GlomerulusCrop, *, diamet
     return False
 
 
+class MixedPatchDataset(Dataset[dict[str, torch.Tensor]]):
+    """Item ``i``: from ``phantom`` (a :class:`~.data_seg.SegPatchDataset`, then the same appearance augmentation)
+    with probability ``fraction``, else from ``real``; seeded like both."""
+
+    def __init__(self, real: RealPatchDataset, phantom: Dataset[dict[str, torch.Tensor]], *, fraction: float,
+                 seed: int = 0) -> None:
+        self.real, self.phantom, self.fraction, self.seed, self.epoch = real, phantom, fraction, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        self.real.set_epoch(epoch)
+        self.phantom.set_epoch(epoch)  # type: ignore[attr-defined]
+
+    def __len__(self) -> int:
+        return len(self.real)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, self.epoch, index, 7])
+        if rng.random() >= self.fraction:
+            return self.real[index]
+        img, mask = self.phantom.crop(index)  # type: ignore[attr-defined]
+        img = np.array(augment_appearance(np.ascontiguousarray(img), rng=rng, config=self.real.config.appearance))
+        return {"image": torch.from_numpy(img).permute(2, 0, 1).float().div_(255.0),
+                "mask": torch.from_numpy(np.ascontiguousarray(mask))[None].float()}
+
+
 class RealPatchDataset(Dataset[dict[str, torch.Tensor]]):
     """Seeded augmented crops of real scenes with pasted real glomeruli (see the module doc).
 
@@ -277,5 +306,5 @@ def _window(a: np.ndarray, y0: int, x0: int, size: int, fill: int) -> np.ndarray
     return out
 
 
-__all__ = ["GlomerulusCrop", "RealData", "RealPatchDataset", "RealSegDataConfig", "crop_folds", "labelled_scene",
+__all__ = ["GlomerulusCrop", "MixedPatchDataset", "RealData", "RealPatchDataset", "RealSegDataConfig", "crop_folds", "labelled_scene",
            "load_real_data", "paste", "read_crops", "resample_scene", "slide_of"]

@@ -41,7 +41,7 @@ from ..synth.layout import Layout
 from ..synth.truth import label_region
 from .augment import SelfAdversarialAugment, SelfAdversarialConfig
 from .common import RunState, autocast, infinite, pick_device, seed_everything
-from .data_seg_real import RealPatchDataset, RealSegDataConfig, load_real_data
+from .data_seg_real import MixedPatchDataset, RealPatchDataset, RealSegDataConfig, load_real_data
 from .data_seg import Scene, SegDataConfig, SegPatchDataset, load_scenes
 from .losses import bce_adversarial_loss, dice_loss
 from .metrics import DetectionScores, PixelCounts, detection_scores, pixel_counts, polygon_detection_scores
@@ -342,12 +342,16 @@ def train_segmenter(config: SegmenterTrainConfig, *, run_dir: str | Path, progre
     cache = Path(config.cache_dir)
     load = {"config": data, "cache_dir": cache, "workers": config.render_workers}
     n_items = config.steps_per_epoch * config.batch_size
-    src: SegPatchDataset | RealPatchDataset
+    src: SegPatchDataset | RealPatchDataset | MixedPatchDataset
     if config.real is not None:
         real = load_real_data(config.real, mpp=data.mpp)
         val_scenes = real.val
         src = RealPatchDataset(real.train, real.crops, config=config.real, mpp=data.mpp, patch=data.patch,
                                glomerulus_fraction=data.glomerulus_fraction, length=n_items, seed=config.seed)
+        if config.real.phantom_fraction > 0:
+            phantom = SegPatchDataset(load_scenes(config.train_seeds, config.stains, **load),  # type: ignore[arg-type]
+                                      config=data, length=n_items, seed=config.seed + 11)
+            src = MixedPatchDataset(src, phantom, fraction=config.real.phantom_fraction, seed=config.seed)
     else:
         src_scenes = load_scenes(config.train_seeds, config.stains, **load)  # type: ignore[arg-type]
         val_scenes = load_scenes(config.val_seeds, config.val_stains, **load)  # type: ignore[arg-type]
