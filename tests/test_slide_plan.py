@@ -79,6 +79,20 @@ def test_a_skipped_stage_loads_nothing(setup: dict, tmp_path: Path) -> None:
     assert "network_builds[g2c]" not in counts and counts["weight_hashes"] == 1  # G2C neither built nor hashed
 
 
+@pytest.mark.parametrize("redo", [("classify", "export"), ("export",)])
+def test_resumed_from_the_stage_files_writes_the_same_bytes(setup: dict, tmp_path: Path, redo: tuple) -> None:
+    """Stages hand their results on in memory; a run resumed from the files they wrote must write the same."""
+    out = tmp_path / "out"
+    assert run_slide(setup["slide"], out, config=setup["config"], workers=1)["status"] == "ok"
+    slide_dir = out / slide_stem(setup["slide"])
+    fresh = {n: (slide_dir / n).read_bytes() for n in ("glomeruli.geojson", "overlay.png")}
+    for stage in redo:  # as if the job had been killed before these stages finished
+        (slide_dir / "stages" / f"{stage}.done.json").unlink()
+    entry = run_slide(setup["slide"], out, config=setup["config"], workers=1)
+    assert entry["stages_run"] == list(redo)
+    assert {n: (slide_dir / n).read_bytes() for n in fresh} == fresh
+
+
 def _break_level0_tiles(src: Path, dst: Path) -> None:
     """Copy ``src`` with every level-0 tile's JPEG start marker overwritten (reduced levels stay intact)."""
     shutil.copy(src, dst)

@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 
 import dask
 
-from wsi_pipeline.annotations import Annotation, Feature, read_features, read_geojson, write_geojson
+from wsi_pipeline.annotations import Annotation, Feature, as_written, read_features, read_geojson, write_geojson
 from wsi_pipeline.atomic import atomic_write_json, atomic_write_text
 from wsi_pipeline.errors import AnnotationError, NoTissueError, StoreError, WsiPipelineError
 from wsi_pipeline.export.tiff import write_pyramidal_tiff
@@ -257,7 +257,7 @@ class _SlideJob:
         found = ops.polygons(self.store, seg, self.plan.info.geometry, mpp0=self.plan.mpp0,
                              max_area_um2=self.config.polygons.max_area_um2,
                              simplify_px=self.config.polygons.simplify_px, scheduler=self.scheduler)
-        anns = [Annotation(p, measurements={"seg_confidence": conf}) for p, conf in found]
+        anns = as_written(Annotation(p, measurements={"seg_confidence": conf}) for p, conf in found)
         return anns, {"glomeruli": len(anns)}
 
     def classify(self, digest: str, shapes: list[Annotation], cls: ClassifierSettings) -> dict[str, Any]:

@@ -212,6 +212,13 @@ def write_geojson(
     return path
 
 
+def as_written(annotations: Iterable[Annotation]) -> list[Annotation]:
+    """``annotations`` exactly as :func:`read_geojson` returns them from a file :func:`write_geojson` wrote
+    (canonical, snapped geometry; properties in file order), without the file: a stage hands its result on in
+    memory, and a run resumed from the file sees the same objects, so both write the same bytes."""
+    return parse_geojson([to_feature(a) for a in annotations], source="<annotations>")
+
+
 def qupath_problems(data: Any) -> list[str]:
     """What in a written FeatureCollection QuPath would replace, reject or mis-read; empty when it conforms.
 
