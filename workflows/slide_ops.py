@@ -33,6 +33,7 @@ from wsi_pipeline.infer.classify import (
     CropSpec,
     G2CModel,
     class_measurements,
+    decide,
     g2c_probabilities,
 )
 from wsi_pipeline.infer.crops import read_glomerulus_crops
@@ -146,6 +147,7 @@ class ClassifierBundle:
     weights: WeightsRef
     generator_refs: Mapping[str, str]  # stain -> label of the generator weights
     digest_parts: dict[str, Any]
+    gs_threshold: float | None = None  # decision rule (None: argmax)
 
 
 def load_classifier(section: ClassifySection, config: JobConfig) -> ClassifierBundle:
@@ -180,10 +182,13 @@ def load_classifier(section: ClassifySection, config: JobConfig) -> ClassifierBu
     spec = CropSpec(size=int(section.size or meta.get("crop_size", 64)), mpp=float(section.mpp or meta.get("crop_mpp", 2.0)),
                     margin=float(section.margin if section.margin is not None else meta.get("crop_margin", 0.2)))
     names = {c: section.class_names.get(c, f"Glomerulus: {c}") for c in classes}
-    g2c = G2CModel(generators, classifier, classes, provenance=gen_labels)
+    temperature = float(section.temperature or meta.get("temperature", 1.0))
+    threshold = section.gs_threshold if section.gs_threshold is not None else meta.get("gs_threshold")
+    g2c = G2CModel(generators, classifier, classes, provenance=gen_labels, temperature=temperature)
     parts = {"weights": ref.sha256, "generators": {s: gen_labels[s] for s in generators}, "spec": spec.__dict__,
-             "names": names, "batch": section.batch_size}
-    return ClassifierBundle(g2c, spec, names, ref, gen_labels, parts)
+             "names": names, "batch": section.batch_size, "temperature": temperature, "gs_threshold": threshold}
+    return ClassifierBundle(g2c, spec, names, ref, gen_labels, parts,
+                            None if threshold is None else float(threshold))
 
 
 # -- stage bodies --------------------------------------------------------------------------------------------------
@@ -238,8 +243,7 @@ def classify(slide: Slide, shapes: Sequence[BaseGeometry], bundle: ClassifierBun
     probs = g2c_probabilities(crops, bundle.model, batch_size=batch_size, device=device)
     classes = bundle.model.classes
     out = []
-    for p, m in zip(probs, class_measurements(probs, classes)):
-        code = classes[int(np.argmax(p))]
+    for code, m in zip(decide(probs, classes, gs_threshold=bundle.gs_threshold), class_measurements(probs, classes)):
         out.append({"class": code, "name": bundle.class_names[code], "measurements": m})
     return out
 

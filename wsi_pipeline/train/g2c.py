@@ -40,11 +40,11 @@ from .cyclegan import translation_error
 from .data_stain import TASK_CLASSES, GlomerulusCropConfig, GlomerulusCrops, Task, glomerulus_crops, to_tensor
 from .losses import focal_loss
 
-Variant = Literal["PAS_ONLY", "PAS_HE", "PAS_MASSON", "PAS_PASM", "PAS_ALL", "PAS_ALL+"]
+Variant = Literal["PAS_ONLY", "PAS_HE", "PAS_MASSON", "PAS_PASM", "PAS_CD68", "PAS_ALL", "PAS_ALL+"]
 #: variant -> (generated stains, cross-stain attention)
 VARIANTS: dict[str, tuple[tuple[str, ...], bool]] = {
     "PAS_ONLY": ((), False), "PAS_HE": (("HE",), False), "PAS_MASSON": (("MASSON",), False),
-    "PAS_PASM": (("PASM",), False), "PAS_ALL": (("HE", "MASSON", "PASM"), False),
+    "PAS_PASM": (("PASM",), False), "PAS_CD68": (("CD68",), False), "PAS_ALL": (("HE", "MASSON", "PASM"), False),
     "PAS_ALL+": (("HE", "MASSON", "PASM"), True),
 }
 
@@ -328,4 +328,4 @@ def _finish(config: G2CTrainConfig, run: RunState, model: G2C, arch: G2CConfig, 
 
 
 __all__ = ["ClassifierWidths", "G2CTrainConfig", "VARIANTS", "augment", "balanced_accuracy", "build_model", "class_recalls",
-           "load_crops", "lr_at", "resolve_weights", "predict", "roc_auc", "score", "train_g2c"]
+           "Variant", "load_crops", "lr_at", "resolve_weights", "predict", "roc_auc", "score", "train_g2c"]
