@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -42,10 +42,13 @@ from ..models.registry import load_model, save_model
 from .calibration import ece, fit_temperature, gs_probability
 from .common import RunState, seed_everything
 from .data_real import RealCropsConfig, RealGlomeruli, read_real_crops, slide_folds
-from .g2c import VARIANTS, ClassifierWidths, Variant, balanced_accuracy, resolve_weights, roc_auc
+from .g2c import VARIANTS, ClassifierWidths, balanced_accuracy, load_generators, resolve_weights, roc_auc
 from .losses import grouped_focal_loss
 
 CLASSES = ("noa", "ss", "gs")
+RealVariant = Literal["PAS_ONLY", "PAS_HE", "PAS_MASSON", "PAS_PASM", "PAS_CD68", "PAS_ALL", "PAS_ALL+"]
+#: the paper's variants plus one IHC stain (the real stain set has CD68; the phantom has none)
+REAL_VARIANTS: dict[str, tuple[tuple[str, ...], bool]] = VARIANTS | {"PAS_CD68": (("CD68",), False)}
 #: coarse real labels -> fine classes: 0 "not GS" = noa + ss, 1 "GS" = gs
 GROUPS = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
 
@@ -53,7 +56,7 @@ GROUPS = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
 class G2CRealConfig(FrozenConfig):
     """A cross-site G2C experiment on the real crops (or, with ``holdout: false``, the shipping run)."""
 
-    variant: Variant = "PAS_ONLY"
+    variant: RealVariant = "PAS_ONLY"
     generators: dict[str, str] = {}  # stain -> PAS -> stain generator checkpoint (path or shipped name)
     init: str | None = "g2c"  # a g2c record whose classifier initialises ours (stem/trunk; fc sliced per branch)
     classifier: ClassifierWidths = ClassifierWidths()  # used when init is None
@@ -102,17 +105,8 @@ def init_classifier(clf: G2CClassifier, source: G2CClassifier) -> None:
 
 def build_real_model(config: G2CRealConfig) -> tuple[G2C, G2CConfig, dict[str, str]]:
     """The variant's G2C: generators from their checkpoints, the classifier from ``init`` (or fresh)."""
-    stains, attention = VARIANTS[config.variant]
-    gens: dict[str, nn.Module] = {}
-    digests: dict[str, str] = {}
-    gen_cfg: GeneratorConfig | None = None
-    for stain in stains:
-        if stain not in config.generators:
-            raise ConfigError(f"variant={config.variant!r} needs generators[{stain!r}]")
-        net, record = load_model(resolve_weights(config.generators[stain]))
-        if gen_cfg is not None and record.config != gen_cfg:
-            raise ConfigError(f"generators[{stain!r}]: config differs from the other generators (one is shared)")
-        gen_cfg, gens[stain], digests[stain] = record.config, net, record.sha256
+    stains, attention = REAL_VARIANTS[config.variant]
+    gens, digests, gen_cfg = load_generators(stains, config.generators, variant=config.variant)
     source: G2CClassifier | None = None
     if config.init:
         init_net, init_record = load_model(resolve_weights(config.init))
@@ -318,5 +312,5 @@ def _summarise(config: G2CRealConfig, root: Path, train: RealGlomeruli, test: Re
     return result
 
 
-__all__ = ["CLASSES", "G2CRealConfig", "GROUPS", "augment_stack", "binary_scores", "build_real_model", "cv_threshold",
+__all__ = ["CLASSES", "G2CRealConfig", "GROUPS", "REAL_VARIANTS", "RealVariant", "augment_stack", "binary_scores", "build_real_model", "cv_threshold",
            "init_classifier", "logits_of", "pooled_calibration", "stain_stack", "train_g2c_real", "train_one", "unit"]
