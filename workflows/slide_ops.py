@@ -161,7 +161,8 @@ def load_classifier(section: ClassifySection, config: JobConfig) -> ClassifierBu
         generators = dict(model.generators.items())
         init = meta.get("generator_sha256") or {}
         for stain in generators:
-            gen_labels[stain] = f"{ref.path.name} (fine-tuned jointly; initialised from sha256:{str(init.get(stain, '?'))[:16]})"
+            how = "fine-tuned jointly" if meta.get("joint", True) else "frozen"
+            gen_labels[stain] = f"{ref.path.name} ({how}; initialised from sha256:{str(init.get(stain, '?'))[:16]})"
         classifier = model.classifier
     else:
         stains = tuple(meta.get("stains") or section.generators)
