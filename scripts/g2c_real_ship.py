@@ -1,6 +1,11 @@
 """Ship the real-data G2C classifier and the real-stain generators into ``wsi_pipeline/weights`` (registry save_model).
 
     python scripts/g2c_real_ship.py --model runs/g2c-real-ship/seed0/g2c.safetensors --table runs/g2c-real/table.json
+    python scripts/g2c_real_ship.py --model runs/g2c-real/PAS_ONLY/SESCAM-to-SAS/seed0/g2c.safetensors \
+        --calibration runs/g2c-real/PAS_ONLY/SESCAM-to-SAS/result.json --table runs/g2c-real/table.json
+
+A model from a cross-validation run gets that run's temperature and CV threshold (fitted on its training site's
+out-of-fold predictions only) and its own held-out-site figures.
 
 Adds to each record the data attribution and licences, and (g2c) the cross-site figures of its variant.
 The cards (``*.card.md``) are written by hand from the same numbers.
@@ -44,9 +49,17 @@ def main() -> None:
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--table", type=Path, required=True)
     parser.add_argument("--runs", type=Path, default=Path("runs"))
+    parser.add_argument("--calibration", type=Path, default=None, help="result.json of the model's CV run")
     args = parser.parse_args()
     model, record = load_model(args.model)
     meta = dict(record.metadata)
+    if args.calibration is not None:
+        run = json.loads(args.calibration.read_text())
+        seed = next(s for s in run["seeds"] if Path(s["model"]).resolve() == args.model.resolve())
+        meta |= {"temperature": run["temperature"], "gs_threshold": run["gs_threshold_cv"],
+                 "calibration_n": run["cv"]["n"], "calibration_sources": [str(args.calibration)],
+                 "test_sites": run["test_sites"], "heldout": {k: seed[k] for k in ("test_raw", "test_cv_threshold")},
+                 "train_fold_held_out": seed.get("fold")}
     meta |= {"data": AIDPATH, "licence": "weights trained on CC BY-NC-SA 4.0 crops: non-commercial, share-alike, "
              "attribute both sources (see g2c.card.md)", "generator_data": STAINS,
              "cross_site": cross_site(json.loads(args.table.read_text()), meta["variant"])}
