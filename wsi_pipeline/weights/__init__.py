@@ -31,6 +31,7 @@ KNOWN: dict[str, str] = {
     "generator-real-PAS-HE": "CycleGAN generator PAS -> H&E, learnt from real kidney stain patches",
     "generator-real-PAS-PASM": "CycleGAN generator PAS -> Jones silver (PASM role), learnt from real patches",
     "generator-real-PAS-MASSON": "CycleGAN generator PAS -> Sirius Red (MASSON role), learnt from real patches",
+    "generator-real-PAS-CD68": "CycleGAN generator PAS -> CD68 IHC, learnt from real kidney stain patches",
     "g2c": "G2C glomerulus classifier (trained on real labelled glomeruli; see its card)",
 }
 
