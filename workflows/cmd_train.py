@@ -20,6 +20,7 @@ from wsi_pipeline.errors import ConfigError
 KINDS: dict[str, tuple[str, str, str]] = {
     "cyclegan": ("wsi_pipeline.train.cyclegan", "CycleGANTrainConfig", "train_cyclegan"),
     "g2c": ("wsi_pipeline.train.g2c", "G2CTrainConfig", "train_g2c"),
+    "g2c-real": ("wsi_pipeline.train.g2c_real", "G2CRealConfig", "train_g2c_real"),
     "segmenter": ("wsi_pipeline.train.segmentation", "SegmenterTrainConfig", "train_segmenter"),
     "sst": ("wsi_pipeline.train.sst", "SSTTrainConfig", "train_sst"),
 }

@@ -102,6 +102,10 @@ class ClassifySection(FrozenConfig):
     mpp: float | None = Field(None, gt=0)  # fallback 2.0
     size: int | None = Field(None, ge=16)  # fallback 64
     margin: float | None = Field(None, ge=0, le=2)  # fallback 0.2
+    # calibration and decision rule (None: the record's metadata ``temperature`` / ``gs_threshold``, else 1.0 /
+    # plain argmax): p = softmax(logits / temperature); class gs when p_gs >= gs_threshold, else argmax of the rest
+    temperature: float | None = Field(None, gt=0)
+    gs_threshold: float | None = Field(None, gt=0, lt=1)
     batch_size: int = Field(16, ge=1)
     class_names: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_CLASS_NAMES))
 

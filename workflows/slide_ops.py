@@ -21,7 +21,7 @@ from shapely.geometry.base import BaseGeometry
 from wsi_pipeline import __version__
 from wsi_pipeline.annotations import Annotation, class_color, mean_inside, polygons_from_zarr
 from wsi_pipeline.infer import TiledInferenceConfig, predict_zarr
-from wsi_pipeline.infer.classify import CropSpec, class_measurements, g2c_probabilities
+from wsi_pipeline.infer.classify import CropSpec, class_measurements, decide, g2c_probabilities
 from wsi_pipeline.infer.crops import read_glomerulus_crops
 from wsi_pipeline.infer.layout import Layout
 from wsi_pipeline.infer.loaders import generator_predictor, segmenter_predictor
@@ -87,8 +87,7 @@ def classify(slide: Slide, shapes: Sequence[BaseGeometry], settings: ClassifierS
     probs = g2c_probabilities(crops, model, batch_size=settings.batch_size, device=device)
     classes = model.classes
     out = []
-    for p, m in zip(probs, class_measurements(probs, classes)):
-        code = classes[int(np.argmax(p))]
+    for code, m in zip(decide(probs, classes, gs_threshold=settings.gs_threshold), class_measurements(probs, classes)):
         out.append({"class": code, "name": settings.class_names[code], "measurements": m})
     return out
 

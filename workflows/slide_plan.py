@@ -75,11 +75,14 @@ class ClassifierSettings:
     class_names: Mapping[str, str]
     generator_labels: Mapping[str, str]  # stain -> label of the generator weights
     batch_size: int
+    temperature: float = 1.0  # calibration: p = softmax(logits / temperature)
+    gs_threshold: float | None = None  # decision rule: gs when p_gs >= this, else argmax of the rest (None: argmax)
 
     @property
     def digest_parts(self) -> dict[str, Any]:
         return {"weights": self.weights.sha256, "generators": dict(self.generator_labels),
-                "spec": self.spec.__dict__, "names": dict(self.class_names), "batch": self.batch_size}
+                "spec": self.spec.__dict__, "names": dict(self.class_names), "batch": self.batch_size,
+                "temperature": self.temperature, "gs_threshold": self.gs_threshold}
 
     @property
     def models(self) -> dict[str, str]:
@@ -90,7 +93,7 @@ class ClassifierSettings:
     def load(self) -> G2CModel:
         """The G2C model (built once per process for these files)."""
         return load_g2c(self.weights, generators=self.generators, classes=self.classes,
-                        provenance=self.generator_labels)
+                        provenance=self.generator_labels, temperature=self.temperature)
 
 
 def classifier_settings(section: ClassifySection, *, base_dir: str | None) -> ClassifierSettings:
@@ -106,8 +109,8 @@ def classifier_settings(section: ClassifySection, *, base_dir: str | None) -> Cl
         n_out = int(record.config.classifier.num_classes)
         init = meta.get("generator_sha256") or {}
         for stain in stains:
-            labels[stain] = (f"{ref.path.name} (fine-tuned jointly; initialised from "
-                             f"sha256:{str(init.get(stain, '?'))[:16]})")
+            how = "fine-tuned jointly" if meta.get("joint", True) else "frozen"
+            labels[stain] = f"{ref.path.name} ({how}; initialised from sha256:{str(init.get(stain, '?'))[:16]})"
     else:
         stains = tuple(meta.get("stains") or section.generators)
         n_out = int(record.config.num_classes)
@@ -126,7 +129,10 @@ def classifier_settings(section: ClassifySection, *, base_dir: str | None) -> Cl
                     mpp=float(section.mpp or meta.get("crop_mpp", 2.0)),
                     margin=float(section.margin if section.margin is not None else meta.get("crop_margin", 0.2)))
     names = {c: section.class_names.get(c, f"Glomerulus: {c}") for c in classes}
-    return ClassifierSettings(ref, generators, stains, classes, spec, names, labels, section.batch_size)
+    temperature = float(section.temperature or meta.get("temperature", 1.0))
+    threshold = section.gs_threshold if section.gs_threshold is not None else meta.get("gs_threshold")
+    return ClassifierSettings(ref, generators, stains, classes, spec, names, labels, section.batch_size,
+                              temperature, None if threshold is None else float(threshold))
 
 
 def qupath_offset(bounds: tuple[int, int, int, int] | None) -> tuple[int, int]:

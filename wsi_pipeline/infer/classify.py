@@ -88,6 +88,7 @@ class G2CModel:
     classifier: nn.Module  # (B, M + 1, 3, H, W) in [0, 1] -> (B, K) logits
     classes: tuple[str, ...]
     provenance: Mapping[str, str] = field(default_factory=dict)  # stain -> where its generator came from
+    temperature: float = 1.0  # probabilities are softmax(logits / temperature) (calibration)
 
     @property
     def stains(self) -> tuple[str, ...]:
@@ -130,7 +131,8 @@ def g2c_probabilities(
 ) -> NDArray[np.float32]:
     """Class probabilities ``(N, K)`` of PAS crops ``(N, H, W, 3)`` uint8: generators on the crops, then G2C.
 
-    Identical to ``softmax(G2C(x))`` of :class:`wsi_pipeline.models.G2C` for a model built from one.
+    Identical to ``softmax(G2C(x) / model.temperature)`` of :class:`wsi_pipeline.models.G2C` for a model built
+    from one.
     """
     if pas.ndim != 4 or pas.shape[-1] != 3 or pas.dtype != np.uint8:
         raise ValueError(f"pas: expected uint8 (N, H, W, 3), got {pas.dtype} {pas.shape}")
@@ -142,9 +144,22 @@ def g2c_probabilities(
         with _autocast(dev):
             generated = [(g(x * 2 - 1) + 1) / 2 for g in model.generators.values()]
             logits = model.classifier(torch.stack([x, *generated], dim=1))
-        probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+        probs.append(torch.softmax(logits.float() / model.temperature, dim=1).cpu().numpy())
     k = len(model.classes)
     return np.concatenate(probs).astype(np.float32) if probs else np.zeros((0, k), np.float32)
+
+
+def decide(probs: NDArray[np.float32], classes: Sequence[str], *, gs_threshold: float | None = None) -> list[str]:
+    """Class codes: ``gs`` when ``p_gs >= gs_threshold``, else the most probable other class; ``None``: argmax.
+
+    >>> decide(np.array([[0.5, 0.1, 0.4], [0.2, 0.7, 0.1]], np.float32), ("noa", "ss", "gs"), gs_threshold=0.35)
+    ['gs', 'ss']
+    """
+    if gs_threshold is None or "gs" not in classes:
+        return [classes[int(np.argmax(p))] for p in probs]
+    g = list(classes).index("gs")
+    rest = [j for j in range(len(classes)) if j != g]
+    return [classes[g] if p[g] >= gs_threshold else classes[rest[int(np.argmax(p[rest]))]] for p in probs]
 
 
 def class_measurements(probs: NDArray[np.float32], classes: Sequence[str]) -> list[dict[str, float]]:
@@ -152,5 +167,5 @@ def class_measurements(probs: NDArray[np.float32], classes: Sequence[str]) -> li
     return [{f"p_{c}": round(float(p[j]), 4) for j, c in enumerate(classes)} for p in probs]
 
 
-__all__ = ["CropSpec", "G2CModel", "area_resize", "class_measurements", "crop_box", "finish_crop",
+__all__ = ["CropSpec", "G2CModel", "area_resize", "class_measurements", "crop_box", "decide", "finish_crop",
            "g2c_probabilities", "generate_stains", "resize_square"]

@@ -46,10 +46,10 @@ _G2C_LOCK = threading.Lock()
 
 
 def load_g2c(weights: WeightsRef, *, generators: Mapping[str, WeightsRef], classes: tuple[str, ...],
-             provenance: Mapping[str, str]) -> G2CModel:
+             provenance: Mapping[str, str], temperature: float = 1.0) -> G2CModel:
     """The G2C model, built once per process for these files: a ``g2c`` checkpoint carries its own generators
     (``generators`` empty); a bare ``g2c_classifier`` takes ``generators`` (stain -> weights)."""
-    key = (weights.sha256, tuple(sorted((s, r.sha256) for s, r in generators.items())), classes)
+    key = (weights.sha256, tuple(sorted((s, r.sha256) for s, r in generators.items())), classes, temperature)
     with _G2C_LOCK:
         model = _G2C.get(key)
         if model is None:
@@ -62,7 +62,8 @@ def load_g2c(weights: WeightsRef, *, generators: Mapping[str, WeightsRef], class
             else:
                 gens = {s: load_checked(r, arch=GENERATOR_ARCH)[0] for s, r in generators.items()}
                 classifier = net
-            model = _G2C[key] = G2CModel(gens, classifier, classes, provenance=dict(provenance))
+            model = _G2C[key] = G2CModel(gens, classifier, classes, provenance=dict(provenance),
+                                         temperature=temperature)
     return model
 
 

@@ -153,24 +153,31 @@ def resolve_weights(name_or_path: str) -> Path:
     return WEIGHTS_DIR / f"{name_or_path}.safetensors"
 
 
-def build_model(config: G2CTrainConfig) -> tuple[G2C, G2CConfig, dict[str, str]]:
-    """The G2C model of the variant, its generators initialised from the pretrained checkpoints."""
-    stains, _ = VARIANTS[config.variant]
+def load_generators(stains: tuple[str, ...], generators: dict[str, str], *, variant: str = ""
+                    ) -> tuple[dict[str, nn.Module], dict[str, str], GeneratorConfig | None]:
+    """Pretrained PAS -> stain generators of ``stains``, their file digests and their (shared) config."""
     loaded: dict[str, nn.Module] = {}
     digests: dict[str, str] = {}
     gen_cfg: GeneratorConfig | None = None
     for stain in stains:
-        if stain not in config.generators:
-            raise ConfigError(f"variant={config.variant!r} needs generators[{stain!r}] (a PAS -> {stain} checkpoint)")
-        net, record = load_model(resolve_weights(config.generators[stain]))
+        if stain not in generators:
+            raise ConfigError(f"variant={variant!r} needs generators[{stain!r}] (a PAS -> {stain} checkpoint)")
+        net, record = load_model(resolve_weights(generators[stain]))
         if record.arch != "cyclegan_generator":
-            raise ConfigError(f"generators[{stain!r}]={config.generators[stain]!r}: arch {record.arch!r}, "
+            raise ConfigError(f"generators[{stain!r}]={generators[stain]!r}: arch {record.arch!r}, "
                               f"expected 'cyclegan_generator'")
         if gen_cfg is not None and record.config != gen_cfg:
             raise ConfigError(f"generators[{stain!r}]: config differs from the other generators (one is shared)")
         gen_cfg = record.config
         loaded[stain] = net
         digests[stain] = record.sha256
+    return loaded, digests, gen_cfg
+
+
+def build_model(config: G2CTrainConfig) -> tuple[G2C, G2CConfig, dict[str, str]]:
+    """The G2C model of the variant, its generators initialised from the pretrained checkpoints."""
+    loaded, digests, gen_cfg = load_generators(VARIANTS[config.variant][0], config.generators,
+                                               variant=config.variant)
     arch = config.model_config_record(gen_cfg or GeneratorConfig(ngf=8, n_blocks=1))
     model = arch.build()
     for stain, net in loaded.items():
@@ -328,4 +335,4 @@ def _finish(config: G2CTrainConfig, run: RunState, model: G2C, arch: G2CConfig, 
 
 
 __all__ = ["ClassifierWidths", "G2CTrainConfig", "VARIANTS", "augment", "balanced_accuracy", "build_model", "class_recalls",
-           "load_crops", "lr_at", "resolve_weights", "predict", "roc_auc", "score", "train_g2c"]
+           "Variant", "load_crops", "load_generators", "lr_at", "resolve_weights", "predict", "roc_auc", "score", "train_g2c"]

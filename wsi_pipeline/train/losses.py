@@ -65,6 +65,28 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, *, gamma: float = 2.0
     return _reduce(loss, reduction)
 
 
+def grouped_focal_loss(logits: torch.Tensor, groups: torch.Tensor, target: torch.Tensor, *, gamma: float = 2.0,
+                       reduction: Reduction = "mean") -> torch.Tensor:
+    """Focal loss of a coarse label over fine classes: ``p_t`` = the summed softmax of the target's group.
+
+    ``groups`` (G, C) is a 0/1 matrix, row g marking the classes of coarse label g; ``target`` (N,) holds coarse
+    labels. E.g. three classes noa/ss/gs with labels "not GS" = {noa, ss} and "GS" = {gs}: the real glomeruli's
+    labels train a three-class head without saying how "not GS" splits into noa and ss.
+
+    >>> g = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    >>> x = torch.tensor([[2.0, 0.5, -1.0]])
+    >>> round(float(grouped_focal_loss(x, g, torch.tensor([0]), gamma=0.0)), 4)  # -log(p_noa + p_ss)
+    0.0403
+    """
+    if groups.ndim != 2 or groups.shape[1] != logits.shape[1]:
+        raise ValueError(f"groups {tuple(groups.shape)}: expected (G, {logits.shape[1]})")
+    log_p = F.log_softmax(logits, dim=1)
+    mask = groups.to(logits)[target.long()]  # (N, C)
+    log_pt = torch.logsumexp(log_p + torch.log(mask.clamp_min(1e-30)), dim=1)
+    loss = -((1 - log_pt.exp()) ** gamma) * log_pt
+    return _reduce(loss, reduction)
+
+
 def lsgan_loss(prediction: torch.Tensor, target_is_real: bool) -> torch.Tensor:
     """Least-squares GAN loss (CycleGAN's default): MSE of the discriminator output to 1 (real) or 0 (fake).
 

@@ -32,7 +32,11 @@ KNOWN: dict[str, str] = {
     "generator-PAS-HE": "CycleGAN generator PAS -> H&E",
     "generator-PAS-MASSON": "CycleGAN generator PAS -> Masson's trichrome",
     "generator-PAS-PASM": "CycleGAN generator PAS -> PASM (Jones silver)",
-    "g2c": "G2C glomerulus classifier (PAS_ALL+)",
+    "generator-real-PAS-HE": "CycleGAN generator PAS -> H&E, learnt from real kidney stain patches",
+    "generator-real-PAS-PASM": "CycleGAN generator PAS -> Jones silver (PASM role), learnt from real patches",
+    "generator-real-PAS-MASSON": "CycleGAN generator PAS -> Sirius Red (MASSON role), learnt from real patches",
+    "generator-real-PAS-CD68": "CycleGAN generator PAS -> CD68 IHC, learnt from real kidney stain patches",
+    "g2c": "G2C glomerulus classifier (trained on real labelled glomeruli; see its card)",
 }
 
 
