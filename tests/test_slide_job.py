@@ -158,14 +158,14 @@ def test_rerun_skips_and_changes_invalidate_only_downstream(work: dict, tmp_path
     assert {p.name: p.stat().st_mtime_ns for p in markers.glob("*.done.json")} == before
 
     models = work["models"]
-    cfg = load_job_config(job_config_file(tmp_path, models, polygons={"max_area_um2": 100_000.0}))
+    cfg = load_job_config(job_config_file(tmp_path, models, polygons={"max_area_um2": 150_000.0}))
     changed = run_slide(work["slide"], out, config=cfg, workers=2)
     assert changed["status"] == "ok"
     assert changed["stages_run"] == ["polygons", "classify", "export"]
     assert changed["stages_skipped"] == ["tile", "segment"]
 
     other = save_models(tmp_path / "models2", g2c_seed=1)  # a different classifier checkpoint
-    cfg2 = load_job_config(job_config_file(tmp_path, models, polygons={"max_area_um2": 100_000.0},
+    cfg2 = load_job_config(job_config_file(tmp_path, models, polygons={"max_area_um2": 150_000.0},
                                            classify={"weights": str(other["g2c"])}))
     swapped = run_slide(work["slide"], out, config=cfg2, workers=2)
     assert swapped["stages_run"] == ["classify", "export"]
