@@ -43,6 +43,7 @@ def test_labelled_folder_runs_through_the_job(tmp_path: Path) -> None:
     res = json.loads((out / "results.json").read_text())
     rows = {r["name"]: r for r in res["images"]}
     assert set(rows) == {"10149", "10215"} and rows["10149"]["truth"] == 1 and rows["10215"]["truth"] == 0
+    assert rows["10149"]["tp"] == 1  # the shipped segmenter was trained on these tiles: it must find this one
     assert all(r["stain_recognised"] == "PAS" and r["stain"] == "PAS" for r in rows.values())
     pooled = res["pooled"]
     assert pooled["truth"] == 1 and 0 <= pooled["f1"] <= 1 and 0 <= pooled["dice"] <= 1

@@ -64,7 +64,7 @@ def test_shipped_segmenter_on_a_held_out_phantom_region() -> None:
     prob = segment_image(model, scene.image, window=meta["window"], overlap=meta["overlap"], device="cpu")
     pred = prob >= meta["threshold"]
     counts = pixel_counts(pred, scene.labels)
-    # measured 0.980 (3 of 3 glomeruli found) with the shipped weights; the floor is the 0.85 target
+    # the real-tissue segmenter keeps the phantom (a quarter of its training crops): the floor is the 0.85 target
     assert counts.dice >= 0.85, counts
     assert counts.accuracy >= 0.95
     det = detection_scores(pred, scene.labels, min_area=int(meta["min_area_um2"] / meta["mpp"] ** 2))
