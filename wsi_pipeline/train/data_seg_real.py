@@ -32,6 +32,7 @@ from ..config import FrozenConfig
 from ..errors import DataError
 from ..labelled import LabelledImage, contiguous_groups, read_instance_mask, read_labelled_folder, read_rgb
 from .appearance import AppearanceConfig, augment_appearance
+from .data_real import slide_id
 from .data_seg import GLASS_GREY, Scene
 
 
@@ -67,11 +68,6 @@ class GlomerulusCrop:
     sclerosed: bool
 
 
-def slide_of(name: str) -> str:
-    """``SESCAM_4_0-17`` -> ``SESCAM_4_0``: the slide a crop was cut from."""
-    return name.rsplit("-", 1)[0]
-
-
 def read_crops(folder: str | Path) -> list[GlomerulusCrop]:
     """Every crop of an ``aidpath-crops``-style folder (``images/``, ``masks/``, ``labels.csv``)."""
     root = Path(folder)
@@ -85,7 +81,7 @@ def read_crops(folder: str | Path) -> list[GlomerulusCrop]:
         name = row["file"]
         img = read_rgb(root / "images" / name)
         labels = read_instance_mask(root / "masks" / name)
-        out.append(GlomerulusCrop(img, labels > 0, Path(name).stem, slide_of(Path(name).stem), row["site"],
+        out.append(GlomerulusCrop(img, labels > 0, Path(name).stem, slide_id(name), row["site"],
                                   row["global_sclerosis"] == "1"))
     return out
 
@@ -307,4 +303,4 @@ def _window(a: np.ndarray, y0: int, x0: int, size: int, fill: int) -> np.ndarray
 
 
 __all__ = ["GlomerulusCrop", "MixedPatchDataset", "RealData", "RealPatchDataset", "RealSegDataConfig", "crop_folds", "labelled_scene",
-           "load_real_data", "paste", "read_crops", "resample_scene", "slide_of"]
+           "load_real_data", "paste", "read_crops", "resample_scene"]
