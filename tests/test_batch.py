@@ -177,7 +177,7 @@ def test_broken_files_fail_alone_with_named_reasons(reference: dict[str, Any], i
     assert totals == {"ok": 3, "skipped": 0, "no-tissue": 0, "failed": 4}
     md = (out / "report.md").read_text()
     assert "3 ok, 0 skipped, 0 no-tissue, 4 failed" in md and "slides/hour" in md
-    assert f"| c.svs | ok | {report['c']['counts']['glomeruli']} |" in md
+    assert f"| c.svs | ok | {report['c']['counts']['stain']} | {report['c']['counts']['glomeruli']} |" in md
     assert "local cluster: 2 worker processes x 1 threads" in result.output
     assert "[7/7] " in result.output and "notes.svs failed: " in result.output  # progress lines (not a terminal)
 

@@ -193,11 +193,11 @@ def test_shipped_g2c_loads_and_classifies_held_out(held_out_slides) -> None:
     model, record = load_model(WEIGHTS / "g2c.safetensors", expected_sha256=_card_sha("g2c"))
     assert record.arch == "g2c" and record.metadata["classes"] == ["noa", "ss", "gs"]
     assert record.metadata["crop_size"] == 128 and record.metadata["crop_mpp"] == 1.0
-    assert record.training_config["crop"]["source"] == "slide"  # trained on crops as the slide job cuts them
+    assert record.metadata["train_sites"] and record.metadata["temperature"] > 0  # trained on real glomeruli
     probs = predict(model, held_out_slides.images[:, 0], device=torch.device("cpu"))
     assert probs.shape == (len(held_out_slides), 3) and np.allclose(probs.sum(1), 1, atol=1e-5)
     scores = score(probs, held_out_slides, "three_class")
-    # measured 0.889 balanced (noa 7/7, ss 4/6, gs 7/7) on these 20 glomeruli; chance is 1/3. The previous g2c
-    # (64 px crops at 2 um/px) scored 0.675 with ss 1/6: a segmental sector is a few pixels at 2 um/px
-    assert scores["balanced_accuracy"] > 0.8
-    assert scores["recall_noa"] >= 0.85 and scores["recall_gs"] >= 0.85 and scores["recall_ss"] >= 0.5
+    # the shipped G2C learnt GS vs not-GS from real glomeruli (real data has no segmental label, so its ss split is
+    # the phantom model's it started from and is not validated: see its card); on the phantom it must still tell
+    # normal from globally sclerosed glomeruli
+    assert scores["recall_noa"] >= 0.85 and scores["recall_gs"] >= 0.85

@@ -50,9 +50,9 @@ def read_rgb(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             if im.mode in ("RGBA", "LA", "P"):
-                im = im.convert("RGBA")
-                bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
-                im = Image.alpha_composite(bg, im)
+                rgba = im.convert("RGBA")
+                bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                return np.asarray(Image.alpha_composite(bg, rgba).convert("RGB"))
             return np.asarray(im.convert("RGB"))
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: cannot read image: {exc}") from exc

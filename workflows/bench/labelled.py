@@ -41,6 +41,16 @@ def _rasterise(polys: list[Any], size: tuple[int, int]) -> np.ndarray:
     return np.asarray(canvas, bool)
 
 
+def _write_slide(path: Path, image: np.ndarray, *, mpp: float) -> None:
+    """``image`` as an Aperio SVS at ``mpp`` (JPEG q90, as a scanner stores it)."""
+    from wsi_pipeline.export import write_pyramidal_tiff
+
+    def region(x: int, y: int, w: int, h: int) -> np.ndarray:
+        return image[y:y + h, x:x + w]
+
+    write_pyramidal_tiff(path, region, size=(image.shape[1], image.shape[0]), mpp=mpp, quality=90, flavor="svs")
+
+
 def score_image(pred_polys: list[Any], labels: np.ndarray, *, mpp: float, min_truth_um2: float) -> dict[str, Any]:
     """Pixel counts and detection scores of level-0 polygons against instance labels of the same image."""
     from wsi_pipeline.annotations import mask_to_polygons
@@ -78,7 +88,7 @@ def _overlay(image: np.ndarray, labels: np.ndarray, pred_polys: list[Any], *, si
     pedge = pred & ~ndimage.binary_erosion(pred, iterations=max(1, w // 256))
     img[pedge] = (230, 0, 230)
     scale = side / max(h, w)
-    small = Image.fromarray(img).resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
+    small = Image.fromarray(img).resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BILINEAR)
     tile = Image.new("RGB", (side, side), (255, 255, 255))
     tile.paste(small, (0, 0))
     return np.asarray(tile)
@@ -90,7 +100,6 @@ def run_labelled(folder: Path, out: Path, *, config: Any, mpp: float | None = No
     from tqdm import tqdm
 
     from workflows.slide_job import run_slide
-    from wsi_pipeline.export import write_pyramidal_tiff
     from wsi_pipeline.labelled import read_labelled_folder
 
     items = read_labelled_folder(folder, mpp=mpp, stain=stain)
@@ -106,8 +115,7 @@ def run_labelled(folder: Path, out: Path, *, config: Any, mpp: float | None = No
         image, labels = item.load()
         slide = out / "slides" / f"{item.name}.svs"
         if not slide.exists():
-            write_pyramidal_tiff(slide, lambda x, y, w, h, a=image: a[y:y + h, x:x + w],
-                                 size=(image.shape[1], image.shape[0]), mpp=item.mpp, quality=90, flavor="svs")
+            _write_slide(slide, image, mpp=item.mpp)
         t0 = time.perf_counter()
         entry = run_slide(slide, out / "jobs", config=config, task="segment", workers=workers)
         seconds = time.perf_counter() - t0
@@ -180,7 +188,6 @@ def run_unlabelled(images: list[Path], out: Path, *, config: Any, mpp: float, wo
     from tqdm import tqdm
 
     from workflows.slide_job import run_slide
-    from wsi_pipeline.export import write_pyramidal_tiff
     from wsi_pipeline.labelled import read_rgb
     from wsi_pipeline.stain.recognise import recognise_stain
 
@@ -190,12 +197,11 @@ def run_unlabelled(images: list[Path], out: Path, *, config: Any, mpp: float, wo
         image = read_rgb(path)
         slide = out / "slides" / f"{path.stem}.svs"
         if not slide.exists():
-            write_pyramidal_tiff(slide, lambda x, y, w, h, a=image: a[y:y + h, x:x + w],
-                                 size=(image.shape[1], image.shape[0]), mpp=mpp, quality=90, flavor="svs")
+            _write_slide(slide, image, mpp=mpp)
         entry = run_slide(slide, out / "jobs", config=config, task="segment", workers=workers)
         polys = (_polygons_of(Path(entry["output"]) / "glomeruli.geojson")
                  if entry["status"] in ("ok", "skipped") else [])
-        small = np.asarray(Image.fromarray(image).resize((256, 256), Image.BOX))
+        small = np.asarray(Image.fromarray(image).resize((256, 256), Image.Resampling.BOX))
         stain = (entry.get("counts") or {}).get("stain") or recognise_stain(small).stain
         rows.append({"name": path.stem, "status": entry["status"], "stain_recognised": stain,
                      "glomeruli": len(polys), "areas_um2": [round(p.area * mpp**2) for p in polys]})

@@ -41,7 +41,7 @@ def generator_predictor(path: str, sha256: str, device: str = "auto") -> TorchPr
     return TorchPredictor(SignedToUnit(model), device=device)
 
 
-_G2C: dict[tuple[str, tuple[tuple[str, str], ...], tuple[str, ...]], G2CModel] = {}
+_G2C: dict[tuple[str, tuple[tuple[str, str], ...], tuple[str, ...], float], G2CModel] = {}
 _G2C_LOCK = threading.Lock()
 
 

@@ -101,8 +101,8 @@ def degrade_optics(image: np.ndarray, *, rng: np.random.Generator, max_down: flo
     f = float(rng.uniform(1.0, max_down))
     out = image
     if f > 1.05:
-        small = Image.fromarray(image).resize((max(1, round(w / f)), max(1, round(h / f))), Image.BOX)
-        out = np.asarray(small.resize((w, h), Image.BILINEAR))
+        small = Image.fromarray(image).resize((max(1, round(w / f)), max(1, round(h / f))), Image.Resampling.BOX)
+        out = np.asarray(small.resize((w, h), Image.Resampling.BILINEAR))
     sigma = float(rng.uniform(0, max_blur))
     if sigma > 0.2:
         out = np.clip(ndimage.gaussian_filter(out.astype(np.float32), (sigma, sigma, 0)) + 0.5, 0, 255

@@ -101,10 +101,10 @@ def resample_scene(image: np.ndarray, labels: np.ndarray, factor: float) -> tupl
         return image, labels
     h, w = labels.shape
     size = (max(1, round(w / factor)), max(1, round(h / factor)))
-    img = np.asarray(Image.fromarray(image).resize(size, Image.BOX if factor > 1 else Image.BILINEAR))
-    frac = np.asarray(Image.fromarray((labels > 0).astype(np.float32)).resize(size, Image.BOX))
+    img = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BOX if factor > 1 else Image.Resampling.BILINEAR))
+    frac = np.asarray(Image.fromarray((labels > 0).astype(np.float32)).resize(size, Image.Resampling.BOX))
     # keep instances apart: a pixel belongs to the label found there by nearest-neighbour sampling
-    near = np.asarray(Image.fromarray(labels.astype(np.int32)).resize(size, Image.NEAREST))
+    near = np.asarray(Image.fromarray(labels.astype(np.int32)).resize(size, Image.Resampling.NEAREST))
     out = np.where(frac >= 0.5, near, 0)
     out = np.where((frac >= 0.5) & (out == 0), ndimage.maximum_filter(near, 3), out)
     return img, out.astype(np.uint16)
@@ -170,8 +170,8 @@ def paste(image: np.ndarray, labels: np.ndarray, crop: GlomerulusCrop, *, diamet
     scale = diameter_px / (2.0 * np.sqrt(area / np.pi))
     h0, w0 = crop.mask.shape
     size = (max(4, round(w0 * scale)), max(4, round(h0 * scale)))
-    g_img = np.asarray(Image.fromarray(crop.image).resize(size, Image.BOX if scale < 1 else Image.BILINEAR))
-    g_mask = np.asarray(Image.fromarray(crop.mask.astype(np.uint8) * 255).resize(size, Image.BILINEAR)) >= 128
+    g_img = np.asarray(Image.fromarray(crop.image).resize(size, Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR))
+    g_mask = np.asarray(Image.fromarray(crop.mask.astype(np.uint8) * 255).resize(size, Image.Resampling.BILINEAR)) >= 128
     if rng.random() < 0.5:
         g_img, g_mask = g_img[:, ::-1], g_mask[:, ::-1]
     k = int(rng.integers(4))
@@ -274,8 +274,8 @@ class RealPatchDataset(Dataset[dict[str, torch.Tensor]]):
         img = _window(image, y0, x0, win, 255)
         lab = _window(labels, y0, x0, win, 0)
         if win != self.patch:
-            img = np.asarray(Image.fromarray(img).resize((self.patch, self.patch), Image.BILINEAR))
-            lab = np.asarray(Image.fromarray(lab.astype(np.int32)).resize((self.patch, self.patch), Image.NEAREST))
+            img = np.asarray(Image.fromarray(img).resize((self.patch, self.patch), Image.Resampling.BILINEAR))
+            lab = np.asarray(Image.fromarray(lab.astype(np.int32)).resize((self.patch, self.patch), Image.Resampling.NEAREST))
         mask = lab > 0
         k, flip = int(rng.integers(4)), bool(rng.integers(2))
         img, mask = np.rot90(img, k), np.rot90(mask, k)

@@ -26,7 +26,7 @@ import zarr
 from pydantic import Field, model_validator
 from shapely.geometry import Polygon
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..annotations import mask_to_polygons
@@ -216,7 +216,7 @@ def _seg_loss(logits: torch.Tensor, mask: torch.Tensor, dice_weight: float) -> t
     return loss
 
 
-def _loader(ds: SegPatchDataset, batch_size: int) -> DataLoader[dict[str, torch.Tensor]]:
+def _loader(ds: Dataset[dict[str, torch.Tensor]], batch_size: int) -> DataLoader[dict[str, torch.Tensor]]:
     # in-process loading: crops are cheap, and the 2 shared CPU cores are better spent on the network
     return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0, drop_last=True)
 
