@@ -194,6 +194,8 @@ class JpegTilesCodec(ArrayBytesCodec):
         return await asyncio.to_thread(self._encode_sync, chunk_array, chunk_spec)
 
     def compute_encoded_size(self, input_byte_length: int, _chunk_spec: ArraySpec) -> int:
+        # zarr's codec interface: a compressed chunk's size is unknown before encoding, so this raises exactly as
+        # zarr's own BloscCodec.compute_encoded_size does (not a stub: there is no size to return)
         raise NotImplementedError(f"{CODEC_NAME} output size depends on the pixels")
 
 
