@@ -23,11 +23,10 @@ from PIL import Image, ImageDraw
 
 
 def _polygons_of(path: Path) -> list[Any]:
-    from shapely.geometry import shape
+    """The glomerulus polygons of the job's GeoJSON (level-0 pixels of a slide without bounds offset)."""
+    from wsi_pipeline.annotations import read_geojson
 
-    data = json.loads(path.read_text())
-    return [shape(f["geometry"]) for f in data.get("features", [])
-            if (f.get("properties", {}).get("classification") or {}).get("name", "Glomerulus").startswith("Glomerulus")]
+    return [a.geometry for a in read_geojson(path) if (a.classification or "Glomerulus").startswith("Glomerulus")]
 
 
 def _rasterise(polys: list[Any], size: tuple[int, int]) -> np.ndarray:
