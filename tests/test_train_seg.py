@@ -175,7 +175,7 @@ def test_loss_decreases_on_a_fixed_batch(scenes: list[Any]) -> None:
     cfg = SegmenterTrainConfig.from_dict({"model": {"width": 0.0625, "decoder_channels": [16, 8, 8, 4, 4]},
                                           "train_seeds": [1], "val_seeds": [2], "lr": 0.003})
     nets = _Nets(cfg, torch.device("cpu"))
-    trainer = _Trainer(cfg, nets, torch.device("cpu"), None)
+    trainer = _Trainer(cfg, nets, torch.device("cpu"), [])
     data = SegDataConfig(layout_size=2048, render_downsample=4, patch=64, glomerulus_fraction=1.0)
     ds = SegPatchDataset(scenes, config=data, length=4, seed=0)
     batch = {k: torch.stack([ds[i][k] for i in range(4)]) for k in ("image", "mask")}
@@ -220,7 +220,7 @@ def test_da_phases_update_the_right_networks(scenes: list[Any], mode: str) -> No
         "model": {"width": 0.0625, "decoder_channels": [16, 8, 8, 4, 4]}, "train_seeds": [1], "val_seeds": [2],
         "da": {"mode": mode, "target_seeds": [3], "s0": 1, "d0": 1, "disc_width": 0.125}})
     nets = _Nets(cfg, torch.device("cpu"))
-    trainer = _Trainer(cfg, nets, torch.device("cpu"), None)
+    trainer = _Trainer(cfg, nets, torch.device("cpu"), [])
     data = SegDataConfig(layout_size=2048, render_downsample=4, patch=64)
     src = SegPatchDataset(scenes[:1], config=data, length=4, seed=0)
     tgt = SegPatchDataset(scenes[1:], config=data, length=4, seed=1)

@@ -86,8 +86,27 @@ def test_segmenter_step_with_the_augmentation(tmp_path: Path) -> None:
     cfg = SegmenterTrainConfig.from_dict({"model": {"width": 0.0625, "decoder_channels": [16, 8, 8, 4, 4]},
                                           "augment": {"g_ab": paths[0], "g_ba": paths[1], "p": 1.0}})
     aug = SelfAdversarialAugment.from_config(cfg.augment)  # type: ignore[arg-type]
-    trainer = _Trainer(cfg, _Nets(cfg, torch.device("cpu")), torch.device("cpu"), aug)
+    trainer = _Trainer(cfg, _Nets(cfg, torch.device("cpu")), torch.device("cpu"), [aug])
     batch = {"image": torch.rand(2, 3, 32, 32), "mask": (torch.rand(2, 1, 32, 32) > 0.5).float()}
     x, _ = trainer._batch(batch)
     assert not torch.equal(x, batch["image"])  # p = 1: what the network sees is the translated batch
     assert torch.isfinite(torch.tensor(trainer.step("segmenter", batch, None)["loss_seg"]))
+
+
+def test_stain_transfer_translates_the_chosen_samples_with_shipped_generators() -> None:
+    from wsi_pipeline.train.augment import StainTransferAugment, StainTransferConfig
+    from wsi_pipeline.weights import resolve_weights
+    cfg = StainTransferConfig(generators=("generator-real-PAS-HE", "generator-real-PAS-CD68"), p=1.0, eps=0.0)
+    aug = StainTransferAugment.from_config(cfg)
+    images = torch.rand(6, 3, 32, 32)
+    out = aug(images, generator=torch.Generator().manual_seed(3))
+    assert out.shape == images.shape and float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+    # every sample went through one of the two generators, exactly as that generator alone translates it
+    gens = [registry.load_model(resolve_weights(n).path)[0].eval() for n in cfg.generators]
+    with torch.no_grad():
+        direct = [((g(images * 2 - 1) + 1) / 2).clamp(0, 1) for g in gens]
+    for i in range(len(images)):
+        assert any(torch.allclose(out[i], d[i], atol=1e-5) for d in direct)
+    assert torch.equal(StainTransferAugment(gens, p=0.0)(images), images)  # p = 0: untouched
+    with pytest.raises(ValueError, match="at least one"):
+        StainTransferAugment([])

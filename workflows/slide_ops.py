@@ -37,7 +37,8 @@ from .slide_plan import ClassifierSettings, SegSettings
 def segment(store: Path, settings: SegSettings, *, tissue: NDArray[np.bool_], device: str,
             scheduler: str | None) -> int:
     """Blended segmentation of ``store/0`` into ``store/seg`` (uint8 probabilities x 255); returns chunks written."""
-    factory = functools.partial(segmenter_predictor, str(settings.weights.path), settings.weights.sha256, device)
+    factory = functools.partial(segmenter_predictor, str(settings.weights.path), settings.weights.sha256, device,
+                                settings.tta)
     src = zarr.open_array(str(store / "0"), mode="r")
     group = zarr.open_group(str(store), mode="a")
     out = predict_zarr(src, group, predictor_factory=factory, config=settings.inference, out_channels=1,

@@ -24,6 +24,7 @@ from wsi_pipeline.errors import SlideError, WeightsError
 from wsi_pipeline.infer import TiledInferenceConfig
 from wsi_pipeline.infer.classify import CropSpec, G2CModel
 from wsi_pipeline.infer.loaders import G2C_ARCH, GENERATOR_ARCH, SEGMENTER_ARCH, load_g2c
+from wsi_pipeline.infer.tta import TTA
 from wsi_pipeline.slide import Slide, open_slide
 from wsi_pipeline.tiling import StoreInfo, read_store_info, tissue_chunks
 from wsi_pipeline.weights import WeightsRef, checked_record, resolve_weights
@@ -44,10 +45,12 @@ class SegSettings:
     min_area_um2: float
     inference: TiledInferenceConfig
     stains: tuple[str, ...] = ("PAS",)  # the stains the segmenter had labelled training data in (its record)
+    tta: TTA = "none"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"weights": self.weights.sha256, "mpp": self.mpp, "threshold": self.threshold,
-                "min_area_um2": self.min_area_um2, "inference": self.inference.to_dict()}
+        out = {"weights": self.weights.sha256, "mpp": self.mpp, "threshold": self.threshold,
+               "min_area_um2": self.min_area_um2, "inference": self.inference.to_dict()}
+        return out if self.tta == "none" else {**out, "tta": self.tta}  # digests of earlier runs stay valid
 
 
 def seg_settings(config: JobConfig) -> SegSettings:
@@ -60,7 +63,7 @@ def seg_settings(config: JobConfig) -> SegSettings:
     return SegSettings(ref, float(section.mpp or meta.get("mpp", 2.0)),
                        float(section.threshold or meta.get("threshold", 0.5)),
                        float(min_area if min_area is not None else meta.get("min_area_um2", 2000.0)), inference,
-                       tuple(str(x).upper() for x in meta.get("stains", ["PAS"])))
+                       tuple(str(x).upper() for x in meta.get("stains", ["PAS"])), section.tta)
 
 
 @dataclass(frozen=True)

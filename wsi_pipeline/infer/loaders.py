@@ -21,6 +21,7 @@ from ..weights import WeightsRef, load_checked
 from .classify import G2CModel
 from .predictor import TorchPredictor
 from .translate import SignedToUnit
+from .tta import TTA, SymmetryAverage
 
 __all__ = ["clear_model_cache", "generator_predictor", "load_g2c", "segmenter_predictor"]
 
@@ -29,10 +30,11 @@ GENERATOR_ARCH = ("cyclegan_generator",)
 G2C_ARCH = ("g2c", "g2c_classifier")
 
 
-def segmenter_predictor(path: str, sha256: str, device: str = "auto") -> TorchPredictor:
-    """The segmenter as a tiled-inference predictor (sigmoid probabilities)."""
+def segmenter_predictor(path: str, sha256: str, device: str = "auto", tta: TTA = "none") -> TorchPredictor:
+    """The segmenter as a tiled-inference predictor (sigmoid probabilities; ``tta``: averaged over flips/turns)."""
     model, _ = load_checked(WeightsRef(Path(path), sha256, False), arch=SEGMENTER_ARCH)
-    return TorchPredictor(model, device=device, activation="sigmoid")
+    net = model if tta == "none" else SymmetryAverage(model, tta)
+    return TorchPredictor(net, device=device, activation="sigmoid")
 
 
 def generator_predictor(path: str, sha256: str, device: str = "auto") -> TorchPredictor:

@@ -1,10 +1,16 @@
-"""CycleGAN self-adversarial augmentation (METHODS.md section 4) as a batch transform for segmentation training.
+"""CycleGAN augmentations as batch transforms for segmentation training: the self-adversarial one (METHODS.md
+section 4) and stain transfer into other real stains.
 
 A CycleGAN hides the information it needs to invert a translation as near-invisible noise; perturbing the
 intermediate image breaks that code and the back-translation invents a plausible new stain appearance. For a
 training sample ``b`` in stain B, with probability ``p``::
 
     a' = G_BA(b);   a' += N(0, sigma),  sigma ~ U(0, eps];   b~ = G_AB(a')
+
+:class:`StainTransferAugment` is the translation half of it for a segmenter labelled in one stain only: with
+probability ``p`` a sample goes through one PAS -> X generator drawn at random (X: the real stains the generators
+learnt from unlabelled patches), its input perturbed by the same ``N(0, sigma)``, so the network also sees the
+labelled glomeruli in H&E-, silver-, Sirius Red- or IHC-like appearance. It needs only the PAS -> X direction.
 
 Images here are float ``(N, 3, H, W)`` in [0, 1] (what the segmenter sees); the generators work in [-1, 1] (tanh),
 so the noise ``sigma`` is in the generators' units, as in the paper. Masks are untouched (geometry is preserved).
@@ -27,6 +33,7 @@ from torch import nn
 from ..config import FrozenConfig
 from ..errors import WeightsError
 from ..models.registry import load_model
+from ..weights import resolve_weights
 
 
 class SelfAdversarialConfig(FrozenConfig):
@@ -38,6 +45,21 @@ class SelfAdversarialConfig(FrozenConfig):
     eps: float = Field(0.05, gt=0.0, description="upper bound of the noise sigma (paper's best: 0.05)")
     g_ab_sha256: str | None = None
     g_ba_sha256: str | None = None
+
+
+class StainTransferConfig(FrozenConfig):
+    """PAS -> X generators (shipped names or checkpoint paths) and how often / how strongly to use them."""
+
+    generators: tuple[str, ...] = Field(min_length=1, description="weights of the PAS -> X generators")
+    p: float = Field(0.4, ge=0.0, le=1.0, description="probability that a sample is translated")
+    eps: float = Field(0.05, ge=0.0, description="upper bound of the input noise sigma (generator units)")
+
+
+def _load_generator(ref: str, digest: str | None, device: torch.device | str) -> nn.Module:
+    net, record = load_model(Path(ref), expected_sha256=digest, map_location=device)
+    if record.arch != "cyclegan_generator":
+        raise WeightsError(f"{ref}: arch {record.arch!r} is not a cyclegan_generator")
+    return net
 
 
 class SelfAdversarialAugment(nn.Module):
@@ -56,13 +78,9 @@ class SelfAdversarialAugment(nn.Module):
     def from_config(cls, config: SelfAdversarialConfig, *, device: torch.device | str = "cpu"
                     ) -> SelfAdversarialAugment:
         """Load both generators through the registry (checksums checked); ``WeightsError`` names a bad file."""
-        nets = []
-        for path, digest in ((config.g_ab, config.g_ab_sha256), (config.g_ba, config.g_ba_sha256)):
-            net, record = load_model(Path(path), expected_sha256=digest, map_location=device)
-            if record.arch != "cyclegan_generator":
-                raise WeightsError(f"{path}: arch {record.arch!r} is not a cyclegan_generator")
-            nets.append(net)
-        return cls(nets[0], nets[1], p=config.p, eps=config.eps)
+        g_ab = _load_generator(config.g_ab, config.g_ab_sha256, device)
+        g_ba = _load_generator(config.g_ba, config.g_ba_sha256, device)
+        return cls(g_ab, g_ba, p=config.p, eps=config.eps)
 
     def train(self, mode: bool = True) -> SelfAdversarialAugment:
         # the generators stay in eval mode whatever the enclosing module does (frozen statistics)
@@ -82,14 +100,71 @@ class SelfAdversarialAugment(nn.Module):
         if not bool(chosen.any()):
             return out
         idx = chosen.nonzero().flatten().to(images.device)
-        b = images.index_select(0, idx) * 2.0 - 1.0
-        a = self.g_ba(b)
-        # sigma ~ U(0, eps]: 1 - U[0, 1) lies in (0, 1]
-        sigma = self.eps * (1.0 - torch.rand(len(idx), generator=generator))
-        noise = torch.randn(a.shape, generator=generator) * sigma.view(-1, 1, 1, 1)
-        b_tilde = self.g_ab(a + noise.to(a.device, a.dtype))
+        a = self.g_ba(images.index_select(0, idx) * 2.0 - 1.0)
+        b_tilde = self.g_ab(_perturb(a, self.eps, generator))
         out[idx] = ((b_tilde.to(images.dtype) + 1.0) / 2.0).clamp_(0.0, 1.0)
         return out
 
 
-__all__ = ["SelfAdversarialAugment", "SelfAdversarialConfig"]
+def _perturb(x: torch.Tensor, eps: float, generator: torch.Generator | None) -> torch.Tensor:
+    """``x + N(0, sigma)`` per sample, sigma ~ U(0, eps] (1 - U[0, 1) lies in (0, 1]); ``x`` itself if eps == 0."""
+    if eps <= 0:
+        return x
+    sigma = eps * (1.0 - torch.rand(len(x), generator=generator))
+    noise = torch.randn(x.shape, generator=generator) * sigma.view(-1, 1, 1, 1)
+    return x + noise.to(x.device, x.dtype)
+
+
+class StainTransferAugment(nn.Module):
+    """Translate a random subset of a PAS batch into other stains with frozen PAS -> X generators.
+
+    >>> from wsi_pipeline.models import registry
+    >>> g = lambda: registry.define("cyclegan_generator", {"ngf": 4, "n_blocks": 1})
+    >>> aug = StainTransferAugment([g(), g()], p=1.0, eps=0.05)
+    >>> aug(torch.rand(3, 3, 32, 32), generator=torch.Generator().manual_seed(0)).shape
+    torch.Size([3, 3, 32, 32])
+    """
+
+    def __init__(self, generators: list[nn.Module], *, p: float = 0.4, eps: float = 0.05) -> None:
+        super().__init__()
+        if not generators:
+            raise ValueError("generators: need at least one PAS -> X generator")
+        if not 0.0 <= p <= 1.0 or eps < 0:
+            raise ValueError(f"p={p}, eps={eps}: expected p in [0, 1] and eps >= 0")
+        self.generators = nn.ModuleList(g.eval().requires_grad_(False) for g in generators)
+        self.p, self.eps = float(p), float(eps)
+
+    @classmethod
+    def from_config(cls, config: StainTransferConfig, *, device: torch.device | str = "cpu") -> StainTransferAugment:
+        """Shipped names (``generator-real-PAS-HE``) or checkpoint paths; ``WeightsError`` names a bad file."""
+        nets = []
+        for ref in config.generators:
+            resolved = resolve_weights(ref)
+            nets.append(_load_generator(str(resolved.path), resolved.sha256, device))
+        return cls(nets, p=config.p, eps=config.eps)
+
+    def train(self, mode: bool = True) -> StainTransferAugment:
+        super().train(mode)
+        self.generators.eval()  # frozen statistics whatever the enclosing module does
+        return self
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Augment a ``(N, 3, H, W)`` batch in [0, 1] (a new tensor); ``generator`` seeds the draws (CPU RNG)."""
+        if images.ndim != 4:
+            raise ValueError(f"images shape {tuple(images.shape)}: expected (N, C, H, W)")
+        n = images.shape[0]
+        chosen = torch.rand(n, generator=generator) < self.p
+        which = torch.randint(len(self.generators), (n,), generator=generator)
+        out = images.clone()
+        for k, net in enumerate(self.generators):
+            idx = (chosen & (which == k)).nonzero().flatten()
+            if len(idx) == 0:
+                continue
+            idx = idx.to(images.device)
+            x = _perturb(images.index_select(0, idx) * 2.0 - 1.0, self.eps, generator)
+            out[idx] = ((net(x).to(images.dtype) + 1.0) / 2.0).clamp_(0.0, 1.0)
+        return out
+
+
+__all__ = ["SelfAdversarialAugment", "SelfAdversarialConfig", "StainTransferAugment", "StainTransferConfig"]

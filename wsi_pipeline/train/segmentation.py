@@ -39,7 +39,7 @@ from ..models.unet import UNetConfig, UNetResNet34
 from ..synth import parse_stains
 from ..synth.layout import Layout
 from ..synth.truth import label_region
-from .augment import SelfAdversarialAugment, SelfAdversarialConfig
+from .augment import SelfAdversarialAugment, SelfAdversarialConfig, StainTransferAugment, StainTransferConfig
 from .common import RunState, autocast, infinite, pick_device, seed_everything
 from .data_seg_real import MixedPatchDataset, RealPatchDataset, RealSegDataConfig, load_real_data
 from .data_seg import Scene, SegDataConfig, SegPatchDataset, load_scenes
@@ -103,6 +103,7 @@ class SegmenterTrainConfig(FrozenConfig):
     # "last": export the final epoch (no selection on the validation fold, so its scores stay held-out figures)
     select_on: Literal["dice", "det_f1", "dice+det_f1", "last"] = "dice+det_f1"
     augment: SelfAdversarialConfig | None = None
+    stain_transfer: StainTransferConfig | None = None  # PAS -> other real stains with frozen CycleGAN generators
     da: DAConfig = DAConfig()
     # real labelled data (tiles, crops pasted into tissue): replaces the phantom scenes as training / validation data
     real: RealSegDataConfig | None = None
@@ -225,14 +226,14 @@ class _Trainer:
     """One run's step logic; kept apart from the epoch loop so each phase reads on its own."""
 
     def __init__(self, config: SegmenterTrainConfig, nets: _Nets, device: torch.device,
-                 augment: SelfAdversarialAugment | None) -> None:
-        self.c, self.n, self.device, self.augment = config, nets, device, augment
+                 augments: list[SelfAdversarialAugment | StainTransferAugment]) -> None:
+        self.c, self.n, self.device, self.augments = config, nets, device, augments
         self.aug_rng = torch.Generator().manual_seed(config.seed + 7)
 
     def _batch(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         x = batch["image"].to(self.device, non_blocking=True)
-        if self.augment is not None:  # on the device: the generators are the costly part of a step
-            x = self.augment(x, generator=self.aug_rng)
+        for augment in self.augments:  # on the device: the generators are the costly part of a step
+            x = augment(x, generator=self.aug_rng)
         return x, batch["mask"].to(self.device, non_blocking=True)
 
     def step(self, phase: Phase, src: dict[str, torch.Tensor], tgt: dict[str, torch.Tensor] | None) -> dict[str, float]:
@@ -362,9 +363,12 @@ def train_segmenter(config: SegmenterTrainConfig, *, run_dir: str | Path, progre
         tgt = SegPatchDataset(tgt_scenes, config=data, length=n_items, seed=config.seed + 1)
 
     nets = _Nets(config, device)
-    augment = (SelfAdversarialAugment.from_config(config.augment, device=device)
-               if config.augment is not None else None)
-    trainer = _Trainer(config, nets, device, augment)
+    augments: list[SelfAdversarialAugment | StainTransferAugment] = []
+    if config.augment is not None:
+        augments.append(SelfAdversarialAugment.from_config(config.augment, device=device))
+    if config.stain_transfer is not None:
+        augments.append(StainTransferAugment.from_config(config.stain_transfer, device=device))
+    trainer = _Trainer(config, nets, device, augments)
     start = run.resume(models=nets.models, optimizers=nets.opt, schedulers=nets.sched)
     # with DA the exported model must be an adapted one: before the alternating phase G has seen no target
     # signal, and validating on source labels (unsupervised DA) would otherwise favour the plain source model
