@@ -6,10 +6,10 @@ source "$(dirname "$0")/env.sh"
 CV="${1:-runs/segmenter-real-cv}"
 OUT="${2:-bench-out/vs-shipped}"
 VS=bench-out/virtual-stains
-[ -f "$VS/IHC_CD68/mpp.json" ] || python scripts/virtual_stain_labelled.py --out "$VS"
+[ -f "$VS/IHC_CD68+macenko/mpp.json" ] || python scripts/virtual_stain_labelled.py --out "$VS" --macenko
 [ -f "$VS/HE@3/mpp.json" ] || python scripts/virtual_stain_labelled.py --out "$VS" --stains PAS HE --final-mpp 3.0
 mkdir -p "$OUT"
-for s in PAS HE SILVER SIRIUS_RED IHC_CD68 PAS@3 HE@3; do
+for s in PAS HE SILVER SIRIUS_RED IHC_CD68 PAS@3 HE@3 HE+macenko SILVER+macenko SIRIUS_RED+macenko IHC_CD68+macenko; do
   wsi-pipeline bench accuracy --labelled "$VS/$s" --cv-runs "$CV" --out "$OUT/$s" --workers 1 > "$OUT/$s.log" 2>&1
   echo "$s: $(grep '\*\*pooled' "$OUT/$s/results.md")"
 done

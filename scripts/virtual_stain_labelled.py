@@ -12,7 +12,10 @@ and may hide PAS information in its output), so these figures bound robustness t
 substitute for labelled slides that were stained that way.
 
     python scripts/virtual_stain_labelled.py [--labelled DIR] [--out bench-out/virtual-stains] [--mpp 1.6]
-        [--stains PAS HE ...] [--final-mpp 3.0]
+        [--stains PAS HE ...] [--final-mpp 3.0] [--macenko]
+
+``--macenko`` also writes ``<stain>+macenko`` folders: each translated image Macenko-normalised to the colours of the
+first PAS control image (a colour-only "route to PAS" before segmenting).
 
 ``--final-mpp`` resamples the translated images once more (e.g. 3.0: the overview sections some labs scan at about
 3 um/px); the folders are then named ``<stain>@<final-mpp>``.
@@ -31,6 +34,7 @@ from tqdm import tqdm
 from wsi_pipeline.atomic import atomic_write_json
 from wsi_pipeline.infer.loaders import generator_predictor
 from wsi_pipeline.labelled import read_labelled_folder
+from wsi_pipeline.stain.macenko import MacenkoParams, apply_macenko, fit_macenko
 from wsi_pipeline.weights import resolve_weights
 
 GENERATORS = {"HE": "generator-real-PAS-HE", "SILVER": "generator-real-PAS-PASM",
@@ -60,6 +64,7 @@ def main() -> None:
     ap.add_argument("--mpp", type=float, default=1.6, help="working scale of the generators (um/px)")
     ap.add_argument("--stains", nargs="+", default=["PAS", *GENERATORS], choices=["PAS", *GENERATORS])
     ap.add_argument("--final-mpp", type=float, default=None, help="resample the outputs to this um/px at the end")
+    ap.add_argument("--macenko", action="store_true", help="also write Macenko-to-PAS normalised copies")
     args = ap.parse_args()
     items = read_labelled_folder(args.labelled)
     stains = {s: None if s == "PAS" else generator_predictor(str(resolve_weights(GENERATORS[s]).path),
@@ -67,8 +72,10 @@ def main() -> None:
               for s in args.stains}
     out = Path(args.out)
     final = args.final_mpp or args.mpp
+    reference: MacenkoParams | None = None
     for stain, predictor in stains.items():
         folder = out / (stain if args.final_mpp is None else f"{stain}@{args.final_mpp:g}")
+        normalised = folder.with_name(folder.name + "+macenko")
         (folder / "images").mkdir(parents=True, exist_ok=True)
         (folder / "masks").mkdir(parents=True, exist_ok=True)
         for it in tqdm(items, desc=stain):
@@ -82,6 +89,17 @@ def main() -> None:
                 image, mask = _resample(image, mask, (round(size[0] * args.mpp / final), round(size[1] * args.mpp / final)))
             Image.fromarray(image).save(folder / "images" / f"{it.name}.png")
             Image.fromarray(mask.astype(np.uint16)).save(folder / "masks" / f"{it.name}.png")
+            if stain == "PAS" and reference is None:
+                reference = fit_macenko(image)
+            if args.macenko and stain != "PAS":
+                if reference is None:
+                    raise SystemExit("--macenko needs PAS among --stains (its first image is the reference)")
+                for sub in ("images", "masks"):
+                    (normalised / sub).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(apply_macenko(image, reference)).save(normalised / "images" / f"{it.name}.png")
+                Image.fromarray(mask.astype(np.uint16)).save(normalised / "masks" / f"{it.name}.png")
+        if args.macenko and stain != "PAS":
+            atomic_write_json(normalised / "mpp.json", {"mpp": final, "stain": stain})
         atomic_write_json(folder / "mpp.json", {"mpp": final, "stain": stain})
         (folder / "SOURCE.md").write_text(
             f"{stain} version of {args.labelled} at {final} um/px, written by scripts/virtual_stain_labelled.py"
