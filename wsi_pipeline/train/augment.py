@@ -62,7 +62,28 @@ def _load_generator(ref: str, digest: str | None, device: torch.device | str) ->
     return net
 
 
-class SelfAdversarialAugment(nn.Module):
+class _FrozenGeneratorAugment(nn.Module):
+    """Shared parts: generators frozen in eval mode whatever the enclosing module does, and the per-sample draw."""
+
+    p: float
+
+    def _frozen(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def train(self, mode: bool = True) -> _FrozenGeneratorAugment:
+        super().train(mode)
+        for net in self._frozen():
+            net.eval()  # frozen statistics
+        return self
+
+    def _chosen(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Which samples of an ``(N, C, H, W)`` batch are augmented (bool ``(N,)``, drawn with probability ``p``)."""
+        if images.ndim != 4:
+            raise ValueError(f"images shape {tuple(images.shape)}: expected (N, C, H, W)")
+        return torch.rand(images.shape[0], generator=generator) < self.p
+
+
+class SelfAdversarialAugment(_FrozenGeneratorAugment):
     """Self-adversarial transform; the generators are frozen and run without gradients, in eval mode."""
 
     def __init__(self, g_ab: nn.Module, g_ba: nn.Module, *, p: float = 0.5, eps: float = 0.05) -> None:
@@ -82,20 +103,13 @@ class SelfAdversarialAugment(nn.Module):
         g_ba = _load_generator(config.g_ba, config.g_ba_sha256, device)
         return cls(g_ab, g_ba, p=config.p, eps=config.eps)
 
-    def train(self, mode: bool = True) -> SelfAdversarialAugment:
-        # the generators stay in eval mode whatever the enclosing module does (frozen statistics)
-        super().train(mode)
-        self.g_ab.eval()
-        self.g_ba.eval()
-        return self
+    def _frozen(self) -> list[nn.Module]:
+        return [self.g_ab, self.g_ba]
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
         """Augment a batch (a new tensor; ``images`` is left as is). ``generator`` seeds the draws (CPU RNG)."""
-        if images.ndim != 4:
-            raise ValueError(f"images shape {tuple(images.shape)}: expected (N, C, H, W)")
-        n = images.shape[0]
-        chosen = torch.rand(n, generator=generator) < self.p
+        chosen = self._chosen(images, generator)
         out = images.clone()
         if not bool(chosen.any()):
             return out
@@ -115,7 +129,7 @@ def _perturb(x: torch.Tensor, eps: float, generator: torch.Generator | None) -> 
     return x + noise.to(x.device, x.dtype)
 
 
-class StainTransferAugment(nn.Module):
+class StainTransferAugment(_FrozenGeneratorAugment):
     """Translate a random subset of a PAS batch into other stains with frozen PAS -> X generators.
 
     >>> from wsi_pipeline.models import registry
@@ -143,19 +157,14 @@ class StainTransferAugment(nn.Module):
             nets.append(_load_generator(str(resolved.path), resolved.sha256, device))
         return cls(nets, p=config.p, eps=config.eps)
 
-    def train(self, mode: bool = True) -> StainTransferAugment:
-        super().train(mode)
-        self.generators.eval()  # frozen statistics whatever the enclosing module does
-        return self
+    def _frozen(self) -> list[nn.Module]:
+        return list(self.generators)
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
         """Augment a ``(N, 3, H, W)`` batch in [0, 1] (a new tensor); ``generator`` seeds the draws (CPU RNG)."""
-        if images.ndim != 4:
-            raise ValueError(f"images shape {tuple(images.shape)}: expected (N, C, H, W)")
-        n = images.shape[0]
-        chosen = torch.rand(n, generator=generator) < self.p
-        which = torch.randint(len(self.generators), (n,), generator=generator)
+        chosen = self._chosen(images, generator)
+        which = torch.randint(len(self.generators), (len(images),), generator=generator)
         out = images.clone()
         for k, net in enumerate(self.generators):
             idx = (chosen & (which == k)).nonzero().flatten()
