@@ -38,26 +38,29 @@ def _worley(u: np.ndarray, v: np.ndarray, cell: float, key: tuple[int, ...], *, 
     us = u / np.float32(stretch)
     ci, cj = np.floor(v / cell).astype(np.int64), np.floor(us / cell).astype(np.int64)
     ju, jv, i0, j0 = lattice(key, ci, cj)
-    tpu = (np.arange(ju.shape[1])[None, :] + j0 + 0.5 + 0.75 * (ju - 0.5)) * np.float32(cell)
-    tpv = (np.arange(ju.shape[0])[:, None] + i0 + 0.5 + 0.75 * (jv - 0.5)) * np.float32(cell)
-    a0, b0 = ci - i0, cj - j0
+    ncols = ju.shape[1]
+    # site tables, flattened: one take() per neighbour instead of a two-array fancy index
+    tpu = ((np.arange(ncols)[None, :] + j0 + 0.5 + 0.75 * (ju - 0.5)) * np.float32(cell)).ravel()
+    tpv = ((np.arange(ju.shape[0])[:, None] + i0 + 0.5 + 0.75 * (jv - 0.5)) * np.float32(cell)).ravel()
+    base = (ci - i0) * ncols + (cj - j0)
+    steps = [di * ncols + dj for di, dj in _OFFSETS]
     best_d2 = np.full(u.shape, np.inf, np.float32)
-    own_u, own_v = np.zeros_like(best_d2), np.zeros_like(best_d2)
-    own_i, own_j = np.zeros(u.shape, np.int64), np.zeros(u.shape, np.int64)
-    sites = []
-    for di, dj in _OFFSETS:
-        a, b = a0 + di, b0 + dj
-        pu, pv = tpu[a, b], tpv[a, b]
-        d2 = ((us - pu) ** 2 + (v - pv) ** 2).astype(np.float32)
-        sites.append((pu, pv, d2))
-        m = d2 < best_d2
+    best_k = np.zeros(u.shape, np.uint8)
+    d2s = []
+    for k, step in enumerate(steps):
+        idx = base + step
+        d2 = ((us - tpu.take(idx)) ** 2 + (v - tpv.take(idx)) ** 2).astype(np.float32)
+        d2s.append(d2)
+        m = d2 < best_d2  # strict: the first of equal sites wins
         best_d2 = np.where(m, d2, best_d2)
-        own_u, own_v = np.where(m, pu, own_u), np.where(m, pv, own_v)
-        own_i, own_j = np.where(m, ci + di, own_i), np.where(m, cj + dj, own_j)
+        best_k[m] = k
+    own = base + np.take(np.array(steps), best_k)
+    own_u, own_v = tpu.take(own), tpv.take(own)
     edge = np.full(u.shape, np.inf, np.float32)
     edge_real = np.full(u.shape, np.inf, np.float32)
-    for pu, pv, d2 in sites:
-        nu, nv = pu - own_u, pv - own_v
+    for step, d2 in zip(steps, d2s):
+        idx = base + step
+        nu, nv = tpu.take(idx) - own_u, tpv.take(idx) - own_v
         sep = np.hypot(nu, nv)
         with np.errstate(divide="ignore", invalid="ignore"):
             e = np.where(sep > 1e-6, (d2 - best_d2) / (2 * sep), np.inf)
@@ -65,7 +68,9 @@ def _worley(u: np.ndarray, v: np.ndarray, cell: float, key: tuple[int, ...], *, 
             e_real = e * sep / np.hypot(nu / np.float32(stretch), nv)
         edge = np.minimum(edge, e)
         edge_real = np.minimum(edge_real, np.where(sep > 1e-6, e_real, np.inf))
-    return np.sqrt(best_d2), edge, edge_real, own_i, own_j
+    offs_i = np.array([di for di, _ in _OFFSETS], np.int64)
+    offs_j = np.array([dj for _, dj in _OFFSETS], np.int64)
+    return np.sqrt(best_d2), edge, edge_real, ci + offs_i.take(best_k), cj + offs_j.take(best_k)
 
 
 def tubule_field(layout: Layout, x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:

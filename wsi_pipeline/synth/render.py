@@ -65,8 +65,8 @@ def render_regions(layout: Layout, stains: Sequence[str | StainStyle], x: int, y
                 comp = components(layout, xs[None, :], ys[:, None])
                 for od, mat in zip(ods, mats):
                     od[r0:r1, c0:c1] = np.tensordot(comp, mat, axes=([0], [0]))
-    yy = (gy0 + halo + np.arange(h))[:, None] * np.ones((1, w), np.int64)
-    xx = (gx0 + halo + np.arange(w))[None, :] * np.ones((h, 1), np.int64)
+    yy = (gy0 + halo + np.arange(h))[:, None]
+    xx = (gx0 + halo + np.arange(w))[None, :]
     noise = gaussian_noise(xx, yy, key=layout.seed * 977 + ds * 131 + 17)
     out = []
     for od, style, sigma, own in zip(ods, styles, sigmas, halos):
