@@ -73,6 +73,17 @@ def _worley(u: np.ndarray, v: np.ndarray, cell: float, key: tuple[int, ...], *, 
     return np.sqrt(best_d2), edge, edge_real, ci + offs_i.take(best_k), cj + offs_j.take(best_k)
 
 
+def _per_cell(i: np.ndarray, j: np.ndarray, value: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
+    """``value(i, j)`` (a pure function of the cell) at each point's cell ``(i, j)``: evaluated once per cell of
+    the points' bounding table, then gathered. Cells span many pixels, so this is far cheaper than hashing every
+    point, and gives the same values."""
+    i0, j0 = int(i.min()), int(j.min())
+    ti = np.arange(i0, int(i.max()) + 1)[:, None]
+    tj = np.arange(j0, int(j.max()) + 1)[None, :]
+    table = np.broadcast_to(value(ti, tj), (ti.shape[0], tj.shape[1])).ravel()
+    return table.take((i - i0) * tj.shape[1] + (j - j0))
+
+
 def tubule_field(layout: Layout, x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
     """Tubule geometry at points: border distance ``e`` (px), normalised radius ``rn`` (0 centre, 1 border),
     interstitium width, lumen fraction and proximal flag of the owning tubule."""
@@ -83,9 +94,9 @@ def tubule_field(layout: Layout, x: np.ndarray, y: np.ndarray) -> dict[str, np.n
     rn = d1 / (d1 + es + 1e-6)
     fib = fbm(x, y, scale=layout.um(400), key=layout.seed * 31 + 5, octaves=1)
     wi = layout.um(1.5) * (1 + 6 * fib**4)
-    lumen = 0.35 + 0.3 * uniform(layout.seed, _K_TUB, ti, tj, 2)
+    lumen = 0.35 + 0.3 * _per_cell(ti, tj, lambda i, j: uniform(layout.seed, _K_TUB, i, j, 2))
     lumen = lumen + 0.12 * (fbm(x, y, scale=layout.um(6), key=layout.seed * 31 + 9, octaves=1) - 0.5)
-    proximal = uniform(layout.seed, _K_TUB, ti, tj, 3) < 0.7
+    proximal = _per_cell(ti, tj, lambda i, j: uniform(layout.seed, _K_TUB, i, j, 3)) < 0.7
     return {"e": e, "rn": rn, "wi": wi, "lumen": lumen, "proximal": proximal}
 
 
@@ -220,7 +231,7 @@ def _glomerulus(layout: Layout, g: Glomerulus, x: np.ndarray, y: np.ndarray, out
     lumen = 1 - smoothstep(0.52, 0.6, rn)
     wall = smoothstep(0.52, 0.6, rn) * smoothstep(0.76, 0.68, rn)
     mes = smoothstep(0.68, 0.76, rn)
-    has_rbc = uniform(layout.seed, _K_CAP, g.label, ci, cj, 7) < 0.35
+    has_rbc = _per_cell(ci, cj, lambda i, j: uniform(layout.seed, _K_CAP, g.label, i, j, 7)) < 0.35
     live = tuft * (1 - s)
     tex = fbm(x, y, scale=layout.um(2.5), key=g.label * 13 + 5)
     out[C["rbc"]] += live * lumen * has_rbc
@@ -230,15 +241,18 @@ def _glomerulus(layout: Layout, g: Glomerulus, x: np.ndarray, y: np.ndarray, out
     out[C["scler"]] += tuft * s * (0.75 + 0.5 * tex)
     # glomerular nuclei (endothelial, mesangial, podocytes): dense jittered grid, sparse in sclerosis
     cell = layout.um(6.5)
-    gi, gj = np.floor(dy / cell).astype(np.int64), np.floor(dx / cell).astype(np.int64)
+    gi, gj, ti, tj = _cell_table(dy, dx, cell)
+    key = (layout.seed, _K_GNUC, g.label, ti, tj)
+    tab_x = ((tj + 0.5 + 0.8 * (uniform(*key, 0) - 0.5)) * cell).ravel()
+    tab_y = ((ti + 0.5 + 0.8 * (uniform(*key, 1) - 0.5)) * cell).ravel()
+    tab_keep = (uniform(*key, 2) < 0.4).ravel()
+    ncols = ti.shape[1]
+    base = (gi - ti[0, 0]) * ncols + (gj - tj[0, 0])
     dens = np.zeros(x.shape, np.float32)
     for di, dj in _OFFSETS:
-        i, j = gi + di, gj + dj
-        key = (layout.seed, _K_GNUC, g.label, i, j)
-        px = (j + 0.5 + 0.8 * (uniform(*key, 0) - 0.5)) * cell
-        py = (i + 0.5 + 0.8 * (uniform(*key, 1) - 0.5)) * cell
-        d = np.hypot(dx - px, dy - py) / layout.um(2.7)
-        dens = np.maximum(dens, (uniform(*key, 2) < 0.4) * smoothstep(1.0, 0.75, d))
+        idx = base + (di * ncols + dj)
+        d = np.hypot(dx - tab_x.take(idx), dy - tab_y.take(idx)) / layout.um(2.7)
+        dens = np.maximum(dens, tab_keep.take(idx) * smoothstep(1.0, 0.75, d))
     out[C["nuc"]] += tuft * dens * (1 - 0.85 * s) * (0.7 + 0.4 * tex)
 
 
