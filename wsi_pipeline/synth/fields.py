@@ -28,6 +28,12 @@ _K_TUB, _K_NUC, _K_MAC, _K_CAP, _K_GNUC = 11, 23, 31, 41, 53
 _OFFSETS = [(di, dj) for di in (-1, 0, 1) for dj in (-1, 0, 1)]
 
 
+def _norm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``hypot(a, b)`` for the per-pixel paths: libm's hypot is many times slower, and no input here is near
+    overflow."""
+    return np.sqrt(a * a + b * b)
+
+
 def _worley(u: np.ndarray, v: np.ndarray, cell: float, key: tuple[int, ...], *, stretch: float = 1.0
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Cellular pattern in the metric that shrinks u by ``stretch`` (cells elongated along u).
@@ -40,8 +46,8 @@ def _worley(u: np.ndarray, v: np.ndarray, cell: float, key: tuple[int, ...], *, 
     ju, jv, i0, j0 = lattice(key, ci, cj)
     ncols = ju.shape[1]
     # site tables, flattened: one take() per neighbour instead of a two-array fancy index
-    tpu = ((np.arange(ncols)[None, :] + j0 + 0.5 + 0.75 * (ju - 0.5)) * np.float32(cell)).ravel()
-    tpv = ((np.arange(ju.shape[0])[:, None] + i0 + 0.5 + 0.75 * (jv - 0.5)) * np.float32(cell)).ravel()
+    tpu = ((np.arange(ncols)[None, :] + j0 + 0.5 + 0.75 * (ju - 0.5)) * cell).astype(np.float32).ravel()
+    tpv = ((np.arange(ju.shape[0])[:, None] + i0 + 0.5 + 0.75 * (jv - 0.5)) * cell).astype(np.float32).ravel()
     base = (ci - i0) * ncols + (cj - j0)
     steps = [di * ncols + dj for di, dj in _OFFSETS]
     best_d2 = np.full(u.shape, np.inf, np.float32)
@@ -61,13 +67,14 @@ def _worley(u: np.ndarray, v: np.ndarray, cell: float, key: tuple[int, ...], *, 
     for step, d2 in zip(steps, d2s):
         idx = base + step
         nu, nv = tpu.take(idx) - own_u, tpv.take(idx) - own_v
-        sep = np.hypot(nu, nv)
+        gap = d2 - best_d2
         with np.errstate(divide="ignore", invalid="ignore"):
-            e = np.where(sep > 1e-6, (d2 - best_d2) / (2 * sep), np.inf)
-            # the bisector's normal in real space is (nu / stretch, nv): rescale the distance accordingly
-            e_real = e * sep / np.hypot(nu / np.float32(stretch), nv)
-        edge = np.minimum(edge, e)
-        edge_real = np.minimum(edge_real, np.where(sep > 1e-6, e_real, np.inf))
+            # the own site gives 0 / 0 = NaN, which fmin skips; the bisector's normal in real space is
+            # (nu / stretch, nv): the real distance divides by that length instead
+            e = gap / (2 * _norm(nu, nv))
+            e_real = gap / (2 * _norm(nu / np.float32(stretch), nv))
+        edge = np.fmin(edge, e)
+        edge_real = np.fmin(edge_real, e_real)
     offs_i = np.array([di for di, _ in _OFFSETS], np.int64)
     offs_j = np.array([dj for _, dj in _OFFSETS], np.int64)
     return np.sqrt(best_d2), edge, edge_real, ci + offs_i.take(best_k), cj + offs_j.take(best_k)
@@ -87,7 +94,7 @@ def _per_cell(i: np.ndarray, j: np.ndarray, value: Callable[[np.ndarray, np.ndar
 def tubule_field(layout: Layout, x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
     """Tubule geometry at points: border distance ``e`` (px), normalised radius ``rn`` (0 centre, 1 border),
     interstitium width, lumen fraction and proximal flag of the owning tubule."""
-    ca, sa = np.cos(layout.tubule_angle), np.sin(layout.tubule_angle)
+    ca, sa = np.float32(np.cos(layout.tubule_angle)), np.float32(np.sin(layout.tubule_angle))
     u = x * ca + y * sa
     v = -x * sa + y * ca
     d1, es, e, ti, tj = _worley(u, v, layout.um(36), (layout.seed, _K_TUB), stretch=2.4)
@@ -143,19 +150,23 @@ def _nuclei(layout: Layout, x: np.ndarray, y: np.ndarray, out: np.ndarray) -> No
     ang = uniform(*key, 4) * np.float32(np.pi)
     r = np.where(epi, layout.um(3.3) * (0.85 + 0.3 * uniform(*key, 5)), layout.um(1.9))
     rx, ry = r * np.where(epi, 1.15, 2.2), r  # long axis <= 4.4 um = 0.52 cell
-    cos, sin = np.cos(ang), np.sin(ang)
+    # per-cell tables, flat and float32, gathered with one take() each
+    f32 = lambda a: np.asarray(a, np.float32).ravel()  # noqa: E731
+    tx, ty, tcos, tsin = f32(px), f32(py), f32(np.cos(ang)), f32(np.sin(ang))
+    tirx, tiry, tkeep = f32(1 / rx), f32(1 / np.broadcast_to(ry, rx.shape)), f32(keep)
+    ncols = ti.shape[1]
+    base = (ci - ti[0, 0]) * ncols + (cj - tj[0, 0])
     dens = np.zeros(x.shape, np.float32)
-    i0, j0 = ti[0, 0], tj[0, 0]
     # nuclei reach at most 0.52 cell from a centre jittered within [0.1, 0.9]: the 2x2 cells of the pixel's
     # quadrant hold every nucleus that can cover it
-    si = np.where(y / cell - ci < 0.5, -1, 1)
+    si = np.where(y / cell - ci < 0.5, -ncols, ncols)
     sj = np.where(x / cell - cj < 0.5, -1, 1)
-    for di, dj in ((0, 0), (1, 0), (0, 1), (1, 1)):
-        a, b = ci + di * si - i0, cj + dj * sj - j0
-        dx, dy = x - px[a, b], y - py[a, b]
-        u = (dx * cos[a, b] + dy * sin[a, b]) / rx[a, b]
-        v = (-dx * sin[a, b] + dy * cos[a, b]) / ry[a, b]
-        dens = np.maximum(dens, keep[a, b] * smoothstep(1.0, 0.8, np.sqrt(u * u + v * v)))
+    for idx in (base, base + si, base + sj, base + si + sj):
+        dx, dy = x - tx.take(idx), y - ty.take(idx)
+        c, s = tcos.take(idx), tsin.take(idx)
+        u = (dx * c + dy * s) * tirx.take(idx)
+        v = (dy * c - dx * s) * tiry.take(idx)
+        dens = np.maximum(dens, tkeep.take(idx) * smoothstep(1.0, 0.8, np.sqrt(u * u + v * v)))
     tex = fbm(x, y, scale=layout.um(1.2), key=layout.seed * 31 + 17)
     out[C["nuc"]] += dens * (0.65 + 0.5 * tex)
     out[C["cyto"]] *= 1 - dens
@@ -172,8 +183,10 @@ def _macrophages(layout: Layout, x: np.ndarray, y: np.ndarray, out: np.ndarray) 
     keep = (((t["e"] < 2 * t["wi"]) | _near_glomerulus(layout, px, py)) & (uniform(*key, 2) < 0.35)
             & ~_occupied(layout, px, py))
     r = layout.um(5.5) * (0.8 + 0.4 * uniform(*key, 3))
-    a, b = ci - ti[0, 0], cj - tj[0, 0]
-    dens = keep[a, b] * smoothstep(1.0, 0.75, np.hypot(x - px[a, b], y - py[a, b]) / r[a, b])
+    idx = (ci - ti[0, 0]) * ti.shape[1] + (cj - tj[0, 0])
+    tx, ty = np.asarray(px, np.float32).ravel(), np.asarray(py, np.float32).ravel()
+    tir, tkeep = np.asarray(1 / r, np.float32).ravel(), np.asarray(keep, np.float32).ravel()
+    dens = tkeep.take(idx) * smoothstep(1.0, 0.75, _norm(x - tx.take(idx), y - ty.take(idx)) * tir.take(idx))
     gran = fbm(x, y, scale=layout.um(1.0), key=layout.seed * 31 + 19)
     out[C["macro"]] += dens * (0.4 + gran)
 
@@ -197,7 +210,7 @@ def _near_glomerulus(layout: Layout, px: np.ndarray, py: np.ndarray) -> np.ndarr
 
 def _glomerulus(layout: Layout, g: Glomerulus, x: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:
     dx, dy = x - g.cx, y - g.cy
-    rr, th = np.hypot(dx, dy), np.arctan2(dy, dx)
+    rr, th = _norm(dx, dy), np.arctan2(dy, dx)
     rbc_ = g.capsule_radius(th)
     rim = layout.um(4)
     cover = smoothstep(rbc_ + rim + 1, rbc_ + rim - 1, rr)
@@ -243,21 +256,21 @@ def _glomerulus(layout: Layout, g: Glomerulus, x: np.ndarray, y: np.ndarray, out
     cell = layout.um(6.5)
     gi, gj, ti, tj = _cell_table(dy, dx, cell)
     key = (layout.seed, _K_GNUC, g.label, ti, tj)
-    tab_x = ((tj + 0.5 + 0.8 * (uniform(*key, 0) - 0.5)) * cell).ravel()
-    tab_y = ((ti + 0.5 + 0.8 * (uniform(*key, 1) - 0.5)) * cell).ravel()
-    tab_keep = (uniform(*key, 2) < 0.4).ravel()
+    tab_x = ((tj + 0.5 + 0.8 * (uniform(*key, 0) - 0.5)) * cell).astype(np.float32).ravel()
+    tab_y = ((ti + 0.5 + 0.8 * (uniform(*key, 1) - 0.5)) * cell).astype(np.float32).ravel()
+    tab_keep = (uniform(*key, 2) < 0.4).astype(np.float32).ravel()
     ncols = ti.shape[1]
     base = (gi - ti[0, 0]) * ncols + (gj - tj[0, 0])
     dens = np.zeros(x.shape, np.float32)
     for di, dj in _OFFSETS:
         idx = base + (di * ncols + dj)
-        d = np.hypot(dx - tab_x.take(idx), dy - tab_y.take(idx)) / layout.um(2.7)
+        d = _norm(dx - tab_x.take(idx), dy - tab_y.take(idx)) * np.float32(1 / layout.um(2.7))
         dens = np.maximum(dens, tab_keep.take(idx) * smoothstep(1.0, 0.75, d))
     out[C["nuc"]] += tuft * dens * (1 - 0.85 * s) * (0.7 + 0.4 * tex)
 
 
 def _artery(layout: Layout, a: Artery, x: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:
-    rr = np.hypot(x - a.cx, y - a.cy)
+    rr = _norm(x - a.cx, y - a.cy)
     wob = 1 + 0.04 * (fbm(x, y, scale=layout.um(20), key=int(a.cx) + 3) - 0.5)
     rr = rr / wob
     rim = layout.um(6)
