@@ -139,8 +139,7 @@ def main(argv: list[str] | None = None) -> None:
         folder = out / "slides" / str(args.size)
         slide = folder / f"phantom-s{seed}-{args.stain}.svs"
         truth = folder / f"phantom-s{seed}.truth.geojson"
-        if not (slide.exists() and truth.exists()):
-            write_phantom(folder, size=args.size, stains=(args.stain,), seed=seed)
+        write_phantom(folder, size=args.size, stains=(args.stain,), seed=seed, reuse=True)  # once per renderer
         t0 = time.perf_counter()
         entry = run_slide(slide, out / "jobs", config=config, workers=args.workers)
         seconds = time.perf_counter() - t0

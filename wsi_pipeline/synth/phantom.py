@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import threading
@@ -36,6 +37,7 @@ class PhantomSlides:
     glomeruli: tuple[Glomerulus, ...]
     layout: Layout
     ome_slides: dict[str, Path] = field(default_factory=dict)  # stain -> .ome.tif (only with ome=True)
+    reused: bool = False  # found complete on disk (``reuse=True``), nothing rendered
 
 
 def parse_stains(stains: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -155,8 +157,9 @@ def write_phantom(out_dir: str | os.PathLike[str], *, size: int | tuple[int, int
                            truth_geojson=truth_path, label_mask=labels_path, glomeruli=layout.glomeruli,
                            layout=layout, ome_slides={st.stain: p for st, flavor, p in jobs if flavor == "ome"})
     if reuse and _recorded(record_path) == record and all((out / f).is_file() for f in files):
-        return result
+        return dataclasses.replace(result, reused=True)
     out.mkdir(parents=True, exist_ok=True)
+    record_path.unlink(missing_ok=True)  # the files are about to change: no record may vouch for them
     n_threads = threads or max(1, min(8, len(os.sched_getaffinity(0))))
     boxes = level0_boxes((layout.width, layout.height), tile=_TILE)
 
