@@ -167,9 +167,21 @@ def _nuclei(layout: Layout, x: np.ndarray, y: np.ndarray, out: np.ndarray) -> No
         u = (dx * c + dy * s) * tirx.take(idx)
         v = (dy * c - dx * s) * tiry.take(idx)
         dens = np.maximum(dens, tkeep.take(idx) * smoothstep(1.0, 0.8, np.sqrt(u * u + v * v)))
-    tex = fbm(x, y, scale=layout.um(1.2), key=layout.seed * 31 + 17)
-    out[C["nuc"]] += dens * (0.65 + 0.5 * tex)
+    _add_textured(out[C["nuc"]], dens, x, y, 0.65, 0.5, scale=layout.um(1.2), key=layout.seed * 31 + 17)
     out[C["cyto"]] *= 1 - dens
+
+
+def _add_textured(plane: np.ndarray, dens: np.ndarray, x: np.ndarray, y: np.ndarray, base: float, gain: float, *,
+                  scale: float, key: int) -> None:
+    """``plane += dens * (base + gain * fbm(x, y))``, with the fine texture evaluated only where ``dens > 0``
+    (sparse cells: most pixels would add zero)."""
+    where = dens > 0
+    if not where.any():
+        return
+    if gain == 1.0:  # the same float operations as ``base + fbm`` written out
+        plane[where] += dens[where] * (base + fbm(x[where], y[where], scale=scale, key=key))
+    else:
+        plane[where] += dens[where] * (base + gain * fbm(x[where], y[where], scale=scale, key=key))
 
 
 def _macrophages(layout: Layout, x: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:
@@ -187,8 +199,7 @@ def _macrophages(layout: Layout, x: np.ndarray, y: np.ndarray, out: np.ndarray) 
     tx, ty = np.asarray(px, np.float32).ravel(), np.asarray(py, np.float32).ravel()
     tir, tkeep = np.asarray(1 / r, np.float32).ravel(), np.asarray(keep, np.float32).ravel()
     dens = tkeep.take(idx) * smoothstep(1.0, 0.75, _norm(x - tx.take(idx), y - ty.take(idx)) * tir.take(idx))
-    gran = fbm(x, y, scale=layout.um(1.0), key=layout.seed * 31 + 19)
-    out[C["macro"]] += dens * (0.4 + gran)
+    _add_textured(out[C["macro"]], dens, x, y, 0.4, 1.0, scale=layout.um(1.0), key=layout.seed * 31 + 19)
 
 
 def _occupied(layout: Layout, px: np.ndarray, py: np.ndarray) -> np.ndarray:

@@ -45,10 +45,21 @@ def lattice(key: tuple[int, ...] | int, i: np.ndarray, j: np.ndarray, *, margin:
     small table and gathering per point is much cheaper than hashing every point.
     """
     keys = key if isinstance(key, tuple) else (key,)
-    i0, j0 = int(i.min()) - margin[0], int(j.min()) - margin[1]
-    ti = np.arange(i0, int(i.max()) + margin[0] + 1)[:, None]
-    tj = np.arange(j0, int(j.max()) + margin[1] + 1)[None, :]
-    return uniform(*keys, ti, tj, 0), uniform(*keys, ti, tj, 1), i0, j0
+    ti, tj = _cells(i, j, margin)
+    return uniform(*keys, ti, tj, 0), uniform(*keys, ti, tj, 1), int(ti[0, 0]), int(tj[0, 0])
+
+
+def _cells(i: np.ndarray, j: np.ndarray, margin: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Row ``(n, 1)`` and column ``(1, m)`` indices of the lattice cells covering ``i, j`` plus ``margin``."""
+    ti = np.arange(int(i.min()) - margin[0], int(i.max()) + margin[0] + 1)[:, None]
+    tj = np.arange(int(j.min()) - margin[1], int(j.max()) + margin[1] + 1)[None, :]
+    return ti, tj
+
+
+def _lattice_values(key: int, i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """The first table of :func:`lattice` (all value noise needs) without hashing the second."""
+    ti, tj = _cells(i, j, (1, 1))
+    return uniform(key, ti, tj, 0), int(ti[0, 0]), int(tj[0, 0])
 
 
 def value_noise(x: np.ndarray, y: np.ndarray, *, scale: float, key: int) -> np.ndarray:
@@ -61,9 +72,14 @@ def value_noise(x: np.ndarray, y: np.ndarray, *, scale: float, key: int) -> np.n
     tx, ty = (fx - ix).astype(np.float32), (fy - iy).astype(np.float32)
     tx, ty = tx * tx * (3 - 2 * tx), ty * ty * (3 - 2 * ty)
     ix, iy = ix.astype(np.int64), iy.astype(np.int64)
-    tab, _, i0, j0 = lattice(key, iy, ix)
-    a, b = iy - i0, ix - j0
-    v00, v10, v01, v11 = tab[a, b], tab[a, b + 1], tab[a + 1, b], tab[a + 1, b + 1]
+    if ix.size and 4 * ix.size < (int(iy.max()) - int(iy.min()) + 3) * (int(ix.max()) - int(ix.min()) + 3):
+        # few points spread wide (e.g. only the pixels a sparse feature covers): hash their corners directly
+        v00, v10 = uniform(key, iy, ix, 0), uniform(key, iy, ix + 1, 0)
+        v01, v11 = uniform(key, iy + 1, ix, 0), uniform(key, iy + 1, ix + 1, 0)
+    else:
+        tab, i0, j0 = _lattice_values(key, iy, ix)
+        a, b = iy - i0, ix - j0
+        v00, v10, v01, v11 = tab[a, b], tab[a, b + 1], tab[a + 1, b], tab[a + 1, b + 1]
     return (v00 * (1 - tx) + v10 * tx) * (1 - ty) + (v01 * (1 - tx) + v11 * tx) * ty
 
 
@@ -88,7 +104,7 @@ def _value_noise_grid(x: np.ndarray, y: np.ndarray, *, scale: float, key: int) -
     tx, ty = (fx - ix).astype(np.float32), (fy - iy).astype(np.float32)
     tx, ty = tx * tx * (3 - 2 * tx), ty * ty * (3 - 2 * ty)
     ix, iy = ix.astype(np.int64), iy.astype(np.int64)
-    tab, _, i0, j0 = lattice(key, iy, ix)
+    tab, i0, j0 = _lattice_values(key, iy, ix)
     b = (ix - j0)[0]
     rows = tab[:, b] * (1 - tx) + tab[:, b + 1] * tx  # (lattice rows, w): the x-interpolation of every row
     a = (iy - i0)[:, 0]

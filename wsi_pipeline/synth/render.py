@@ -18,7 +18,7 @@ from .layout import Layout
 from .noise import gaussian_noise
 from .stains import StainStyle, stain_style
 
-_CHUNK = 256  # rows x cols of one component evaluation: bounds the (13, rows, cols) float32 working set
+_CHUNK = 256  # sqrt of the pixels of one component evaluation: bounds the (13, rows, cols) float32 working set
 
 
 def render_region(layout: Layout, stain: str | StainStyle, x: int, y: int, w: int, h: int, *,
@@ -54,9 +54,13 @@ def render_regions(layout: Layout, stains: Sequence[str | StainStyle], x: int, y
     if tissue:
         mats = [st.od_matrix() for st in styles]
         ox, oy = x - (x // ds) * ds, y - (y // ds) * ds  # sub-grid offset of an unaligned level-0 origin
-        for r0 in range(0, hh, _CHUNK):
-            for c0 in range(0, hw, _CHUNK):
-                r1, c1 = min(hh, r0 + _CHUNK), min(hw, c0 + _CHUNK)
+        # chunks span the region's full height when it is short (a writer's tile row plus its halo), so no thin
+        # leftover row pays a chunk's fixed cost
+        ch = min(hh, 2 * _CHUNK)
+        cw = max(_CHUNK // 4, _CHUNK * _CHUNK // ch)
+        for r0 in range(0, hh, ch):
+            for c0 in range(0, hw, cw):
+                r1, c1 = min(hh, r0 + ch), min(hw, c0 + cw)
                 if not tissue_possible(layout, (gx0 + c0) * ds + ox, (gy0 + r0) * ds + oy,
                                        (gx0 + c1) * ds + ox, (gy0 + r1) * ds + oy):
                     continue
