@@ -44,10 +44,11 @@ def _worley(u: np.ndarray, v: np.ndarray, cell: float, key: tuple[int, ...], *, 
     us = u / np.float32(stretch)
     ci, cj = np.floor(v / cell).astype(np.int64), np.floor(us / cell).astype(np.int64)
     ju, jv, i0, j0 = lattice(key, ci, cj)
-    ncols = ju.shape[1]
+    nrows, ncols = ju.shape
     # site tables, flattened: one take() per neighbour instead of a two-array fancy index
-    tpu = ((np.arange(ncols)[None, :] + j0 + 0.5 + 0.75 * (ju - 0.5)) * cell).astype(np.float32).ravel()
-    tpv = ((np.arange(ju.shape[0])[:, None] + i0 + 0.5 + 0.75 * (jv - 0.5)) * cell).astype(np.float32).ravel()
+    su = ((np.arange(ncols)[None, :] + j0 + 0.5 + 0.75 * (ju - 0.5)) * cell).astype(np.float32)
+    sv = ((np.arange(nrows)[:, None] + i0 + 0.5 + 0.75 * (jv - 0.5)) * cell).astype(np.float32)
+    tpu, tpv = su.ravel(), sv.ravel()
     base = (ci - i0) * ncols + (cj - j0)
     steps = [di * ncols + dj for di, dj in _OFFSETS]
     best_d2 = np.full(u.shape, np.inf, np.float32)
@@ -55,29 +56,53 @@ def _worley(u: np.ndarray, v: np.ndarray, cell: float, key: tuple[int, ...], *, 
     d2s = []
     for k, step in enumerate(steps):
         idx = base + step
-        d2 = ((us - tpu.take(idx)) ** 2 + (v - tpv.take(idx)) ** 2).astype(np.float32)
+        d2, dv = tpu.take(idx), tpv.take(idx)
+        d2 -= us
+        d2 *= d2
+        dv -= v
+        dv *= dv
+        d2 += dv
         d2s.append(d2)
         m = d2 < best_d2  # strict: the first of equal sites wins
-        best_d2 = np.where(m, d2, best_d2)
+        np.copyto(best_d2, d2, where=m)
         best_k[m] = k
     own = base + np.take(np.array(steps), best_k)
-    own_u, own_v = tpu.take(own), tpv.take(own)
+    # distance to the bisector with site n: (d2_n - d2_own) / (2 |site_n - site_own|), in the stretched metric,
+    # and over the real-space length of the same normal (nu / stretch, nv) for real pixels. The reciprocal
+    # lengths depend only on the pair of sites: tabulated per own cell and relative offset (-2..2 cells).
+    inv, inv_real = _pair_reciprocals(su, sv, stretch)
+    ncell = su.size
+    rel = np.array([[(dn - dk + 2) * 5 + (en - ek + 2) for dn, en in _OFFSETS] for dk, ek in _OFFSETS], np.int64)
     edge = np.full(u.shape, np.inf, np.float32)
     edge_real = np.full(u.shape, np.inf, np.float32)
-    for step, d2 in zip(steps, d2s):
-        idx = base + step
-        nu, nv = tpu.take(idx) - own_u, tpv.take(idx) - own_v
-        gap = d2 - best_d2
-        with np.errstate(divide="ignore", invalid="ignore"):
-            # the own site gives 0 / 0 = NaN, which fmin skips; the bisector's normal in real space is
-            # (nu / stretch, nv): the real distance divides by that length instead
-            e = gap / (2 * _norm(nu, nv))
-            e_real = gap / (2 * _norm(nu / np.float32(stretch), nv))
-        edge = np.fmin(edge, e)
-        edge_real = np.fmin(edge_real, e_real)
+    with np.errstate(invalid="ignore"):
+        for n, d2 in enumerate(d2s):
+            pair = rel[:, n].take(best_k) * ncell + own
+            d2 -= best_d2  # the own site: 0 * inf = NaN, which fmin skips
+            np.fmin(edge, d2 * inv.take(pair), out=edge)
+            np.fmin(edge_real, d2 * inv_real.take(pair), out=edge_real)
     offs_i = np.array([di for di, _ in _OFFSETS], np.int64)
     offs_j = np.array([dj for _, dj in _OFFSETS], np.int64)
     return np.sqrt(best_d2), edge, edge_real, ci + offs_i.take(best_k), cj + offs_j.take(best_k)
+
+
+def _pair_reciprocals(su: np.ndarray, sv: np.ndarray, stretch: float) -> tuple[np.ndarray, np.ndarray]:
+    """``1 / (2 |s_other - s_own|)`` in the stretched and in the real metric for every site of the ``(rows, cols)``
+    tables and every other site -2..2 cells away, flat as ``[relative offset * cells + own cell]`` (pairs that
+    leave the table: NaN, never read; the own site: inf)."""
+    nrows, ncols = su.shape
+    inv = np.full((25, nrows, ncols), np.nan, np.float32)
+    inv_real = np.full((25, nrows, ncols), np.nan, np.float32)
+    with np.errstate(divide="ignore"):
+        for dn in range(-2, 3):
+            for en in range(-2, 3):
+                r = (dn + 2) * 5 + en + 2
+                own = (slice(max(0, -dn), nrows - max(0, dn)), slice(max(0, -en), ncols - max(0, en)))
+                other = (slice(max(0, dn), nrows + min(0, dn)), slice(max(0, en), ncols + min(0, en)))
+                nu, nv = su[other] - su[own], sv[other] - sv[own]
+                inv[r][own] = np.float32(0.5) / _norm(nu, nv)
+                inv_real[r][own] = np.float32(0.5) / _norm(nu / np.float32(stretch), nv)
+    return inv.ravel(), inv_real.ravel()
 
 
 def _per_cell(i: np.ndarray, j: np.ndarray, value: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
