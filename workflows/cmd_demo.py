@@ -82,7 +82,7 @@ def command(out_dir: Path, size: int, seed: int, workers: int, config_path: Path
     task = "segment" if "g2c" in missing else "full"
     entry = run_slide(pas, out_dir, config=config, task=task, workers=workers, progress=True)
     write_report(out_dir, [entry], task=task, config=config.to_dict())
-    if entry["status"] != "ok":
+    if entry["status"] not in ("ok", "skipped"):  # skipped: every stage already done in this folder (a re-run)
         console.print(table)
         raise click.ClickException(f"the job ended with status {entry['status']}: {entry['reason']}")
     slide_dir = Path(entry["output"])
