@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .common import save_results
+
 # run in the measured tree's own interpreter state: only its wsi_pipeline is imported
 _WRITE = """
 import inspect, json, os, resource, sys, time
@@ -142,10 +144,7 @@ def main(argv: list[str] | None = None) -> None:
                 results["demo"].append({"what": f"{name}, same folder again (phantom reused, job resumed)",
                                         "size": args.demo_size, "runs": [again]})
     results["load_avg_end"] = os.getloadavg()[0]
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    text = markdown(results)
-    (out / "results.md").write_text(text)
-    print(text)
+    save_results(out, results, markdown(results))
 
 
 if __name__ == "__main__":
