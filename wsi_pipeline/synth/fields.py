@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import cast
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from . import noise
 from .layout import Artery, Glomerulus, Layout
@@ -90,18 +91,14 @@ def _pair_reciprocals(su: np.ndarray, sv: np.ndarray, stretch: float) -> tuple[n
     """``1 / (2 |s_other - s_own|)`` in the stretched and in the real metric for every site of the ``(rows, cols)``
     tables and every other site -2..2 cells away, flat as ``[relative offset * cells + own cell]`` (pairs that
     leave the table: NaN, never read; the own site: inf)."""
-    nrows, ncols = su.shape
-    inv = np.full((25, nrows, ncols), np.nan, np.float32)
-    inv_real = np.full((25, nrows, ncols), np.nan, np.float32)
-    with np.errstate(divide="ignore"):
-        for dn in range(-2, 3):
-            for en in range(-2, 3):
-                r = (dn + 2) * 5 + en + 2
-                own = (slice(max(0, -dn), nrows - max(0, dn)), slice(max(0, -en), ncols - max(0, en)))
-                other = (slice(max(0, dn), nrows + min(0, dn)), slice(max(0, en), ncols + min(0, en)))
-                nu, nv = su[other] - su[own], sv[other] - sv[own]
-                inv[r][own] = np.float32(0.5) / _norm(nu, nv)
-                inv_real[r][own] = np.float32(0.5) / _norm(nu / np.float32(stretch), nv)
+    # every site's 5 x 5 neighbourhood as a view of the NaN-padded tables: (rows, cols, 5, 5)
+    wu = sliding_window_view(np.pad(su, 2, constant_values=np.nan), (5, 5))
+    wv = sliding_window_view(np.pad(sv, 2, constant_values=np.nan), (5, 5))
+    nu, nv = wu - su[:, :, None, None], wv - sv[:, :, None, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv = np.float32(0.5) / _norm(nu, nv)
+        inv_real = np.float32(0.5) / _norm(nu / np.float32(stretch), nv)
+    inv, inv_real = (np.ascontiguousarray(a.transpose(2, 3, 0, 1)) for a in (inv, inv_real))
     return inv.ravel(), inv_real.ravel()
 
 
