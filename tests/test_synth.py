@@ -241,3 +241,35 @@ def test_a_failing_stain_writer_stops_the_others_and_leaves_no_files(tmp_path: P
     with pytest.raises(RuntimeError, match="dye ran out"):
         write_phantom(tmp_path, size=512, stains="PAS,CD68,HE", n_glomeruli=1, mpp=1.0)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_render_threads_do_not_change_the_pixels(tmp_path: Path) -> None:
+    one = write_phantom(tmp_path / "one", size=640, stains="PAS,HE", n_glomeruli=1, seed=8, mpp=1.0, threads=1)
+    three = write_phantom(tmp_path / "three", size=640, stains="PAS,HE", n_glomeruli=1, seed=8, mpp=1.0, threads=3)
+    for stain in ("PAS", "HE"):
+        with tifffile.TiffFile(one.slides[stain]) as a, tifffile.TiffFile(three.slides[stain]) as b:
+            assert np.array_equal(a.pages.first.asarray(), b.pages.first.asarray())
+    with pytest.raises(ConfigError, match="threads=0"):
+        write_phantom(tmp_path / "zero", size=512, threads=0)
+
+
+def test_reuse_returns_a_recorded_phantom_and_rewrites_a_changed_or_damaged_one(tmp_path: Path) -> None:
+    kwargs = dict(size=512, stains="PAS", n_glomeruli=1, seed=2, mpp=1.0, reuse=True)
+    first = write_phantom(tmp_path, **kwargs)  # type: ignore[arg-type]
+    assert not first.reused and (tmp_path / "phantom-s2.phantom.json").is_file()
+    written = first.slides["PAS"].stat().st_mtime_ns
+    again = write_phantom(tmp_path, **kwargs)  # type: ignore[arg-type]
+    assert again.reused and again.slides == first.slides and again.glomeruli == first.glomeruli
+    assert again.slides["PAS"].stat().st_mtime_ns == written  # not rewritten
+    other_seed = write_phantom(tmp_path, **{**kwargs, "seed": 3})  # type: ignore[arg-type]
+    assert not other_seed.reused  # another name, another record
+    bigger = write_phantom(tmp_path, **{**kwargs, "size": 640})  # type: ignore[arg-type]
+    assert not bigger.reused  # same name, other parameters: rendered again
+    with tifffile.TiffFile(bigger.slides["PAS"]) as tif:
+        assert tif.pages.first.shape[:2] == (640, 640)
+    bigger.label_mask.unlink()  # a file went missing: rendered again
+    assert not write_phantom(tmp_path, **{**kwargs, "size": 640}).reused  # type: ignore[arg-type]
+    assert write_phantom(tmp_path, **{**kwargs, "size": 640}).reused  # type: ignore[arg-type]
+    assert not write_phantom(tmp_path, **{**kwargs, "size": 512, "reuse": False}).reused  # type: ignore[arg-type]
+    assert not (tmp_path / "phantom-s2.phantom.json").exists()  # the 640 px record no longer vouches for 512 px
+    assert not write_phantom(tmp_path, **{**kwargs, "size": 640}).reused  # type: ignore[arg-type]

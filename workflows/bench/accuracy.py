@@ -125,6 +125,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from tqdm import tqdm
 
+    from workflows.bench.common import save_results
+
     from workflows.job_config import load_job_config
     from workflows.slide_job import run_slide
     from wsi_pipeline.annotations import evaluate_geojson, qupath_problems
@@ -139,8 +141,7 @@ def main(argv: list[str] | None = None) -> None:
         folder = out / "slides" / str(args.size)
         slide = folder / f"phantom-s{seed}-{args.stain}.svs"
         truth = folder / f"phantom-s{seed}.truth.geojson"
-        if not (slide.exists() and truth.exists()):
-            write_phantom(folder, size=args.size, stains=(args.stain,), seed=seed)
+        write_phantom(folder, size=args.size, stains=(args.stain,), seed=seed, reuse=True)  # once per renderer
         t0 = time.perf_counter()
         entry = run_slide(slide, out / "jobs", config=config, workers=args.workers)
         seconds = time.perf_counter() - t0
@@ -164,10 +165,7 @@ def main(argv: list[str] | None = None) -> None:
                           "dice_min": min(r["dice"] for r in slides),
                           "qupath_problems": sum(r["qupath_problems"] for r in slides)},
                "classes": class_scores(pairs)}
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    text = markdown(results)
-    (out / "results.md").write_text(text)
-    print(text)
+    save_results(out, results, markdown(results))
 
 
 if __name__ == "__main__":

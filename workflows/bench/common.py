@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import resource
+from pathlib import Path
+from typing import Any
 
 
 def peak_rss_mib() -> float:
@@ -19,3 +22,10 @@ def peak_rss_mib() -> float:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # elsewhere: KiB on Linux, the best there is
+
+
+def save_results(out: Path, results: dict[str, Any], text: str) -> None:
+    """A benchmark's ``results.json`` and ``results.md`` in ``out``; the markdown is printed too."""
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "results.md").write_text(text)
+    print(text)

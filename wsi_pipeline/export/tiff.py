@@ -141,13 +141,22 @@ def _box_reduce(rows: np.ndarray, f: int) -> np.ndarray:
     return np.clip(s / n + 0.5, 0, 255).astype(np.uint8)
 
 
-def _region_reader(region: Region, width: int, tile: int) -> Callable[[int, int], np.ndarray]:
-    block = tile * _BLOCK_TILES
+def level0_boxes(size: tuple[int, int], *, tile: int = 256) -> list[tuple[int, int, int, int]]:
+    """The ``(x, y, w, h)`` boxes :func:`write_pyramidal_tiff` asks its ``region`` callback for, in that order
+    (lets a caller render them ahead, in parallel)."""
+    width, height = size
+    return [box for y in range(0, height, tile) for box in _row_boxes(width, y, min(tile, height - y), tile)]
 
+
+def _row_boxes(width: int, y: int, h: int, tile: int) -> list[tuple[int, int, int, int]]:
+    block = tile * _BLOCK_TILES
+    return [(x, y, min(block, width - x), h) for x in range(0, width, block)]
+
+
+def _region_reader(region: Region, width: int, tile: int) -> Callable[[int, int], np.ndarray]:
     def read(y: int, h: int) -> np.ndarray:
         out = np.empty((h, width, 3), np.uint8)
-        for x in range(0, width, block):
-            w = min(block, width - x)
+        for x, _, w, _ in _row_boxes(width, y, h, tile):
             arr = np.asarray(region(x, y, w, h))
             if arr.shape != (h, w, 3) or arr.dtype != np.uint8:
                 raise ConfigError(f"region({x}, {y}, {w}, {h}) returned {arr.dtype} {arr.shape}; "
@@ -285,4 +294,4 @@ def _ome_metadata(mpp: float | None, extra: str) -> dict[str, object]:
     return meta
 
 
-__all__ = ["Region", "aperio_description", "downsample2", "level_sizes", "write_pyramidal_tiff"]
+__all__ = ["Region", "aperio_description", "downsample2", "level0_boxes", "level_sizes", "write_pyramidal_tiff"]

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import cast
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from . import noise
 from .layout import Artery, Glomerulus, Layout
@@ -28,6 +29,12 @@ _K_TUB, _K_NUC, _K_MAC, _K_CAP, _K_GNUC = 11, 23, 31, 41, 53
 _OFFSETS = [(di, dj) for di in (-1, 0, 1) for dj in (-1, 0, 1)]
 
 
+def _norm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``hypot(a, b)`` for the per-pixel paths: libm's hypot is many times slower, and no input here is near
+    overflow."""
+    return np.sqrt(a * a + b * b)
+
+
 def _worley(u: np.ndarray, v: np.ndarray, cell: float, key: tuple[int, ...], *, stretch: float = 1.0
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Cellular pattern in the metric that shrinks u by ``stretch`` (cells elongated along u).
@@ -38,49 +45,87 @@ def _worley(u: np.ndarray, v: np.ndarray, cell: float, key: tuple[int, ...], *, 
     us = u / np.float32(stretch)
     ci, cj = np.floor(v / cell).astype(np.int64), np.floor(us / cell).astype(np.int64)
     ju, jv, i0, j0 = lattice(key, ci, cj)
-    tpu = (np.arange(ju.shape[1])[None, :] + j0 + 0.5 + 0.75 * (ju - 0.5)) * np.float32(cell)
-    tpv = (np.arange(ju.shape[0])[:, None] + i0 + 0.5 + 0.75 * (jv - 0.5)) * np.float32(cell)
-    a0, b0 = ci - i0, cj - j0
+    nrows, ncols = ju.shape
+    # site tables, flattened: one take() per neighbour instead of a two-array fancy index
+    su = ((np.arange(ncols)[None, :] + j0 + 0.5 + 0.75 * (ju - 0.5)) * cell).astype(np.float32)
+    sv = ((np.arange(nrows)[:, None] + i0 + 0.5 + 0.75 * (jv - 0.5)) * cell).astype(np.float32)
+    tpu, tpv = su.ravel(), sv.ravel()
+    base = (ci - i0) * ncols + (cj - j0)
+    steps = [di * ncols + dj for di, dj in _OFFSETS]
     best_d2 = np.full(u.shape, np.inf, np.float32)
-    own_u, own_v = np.zeros_like(best_d2), np.zeros_like(best_d2)
-    own_i, own_j = np.zeros(u.shape, np.int64), np.zeros(u.shape, np.int64)
-    sites = []
-    for di, dj in _OFFSETS:
-        a, b = a0 + di, b0 + dj
-        pu, pv = tpu[a, b], tpv[a, b]
-        d2 = ((us - pu) ** 2 + (v - pv) ** 2).astype(np.float32)
-        sites.append((pu, pv, d2))
-        m = d2 < best_d2
-        best_d2 = np.where(m, d2, best_d2)
-        own_u, own_v = np.where(m, pu, own_u), np.where(m, pv, own_v)
-        own_i, own_j = np.where(m, ci + di, own_i), np.where(m, cj + dj, own_j)
+    best_k = np.zeros(u.shape, np.uint8)
+    d2s = []
+    for k, step in enumerate(steps):
+        idx = base + step
+        d2, dv = tpu.take(idx), tpv.take(idx)
+        d2 -= us
+        d2 *= d2
+        dv -= v
+        dv *= dv
+        d2 += dv
+        d2s.append(d2)
+        m = d2 < best_d2  # strict: the first of equal sites wins
+        np.copyto(best_d2, d2, where=m)
+        best_k[m] = k
+    own = base + np.take(np.array(steps), best_k)
+    # distance to the bisector with site n: (d2_n - d2_own) / (2 |site_n - site_own|), in the stretched metric,
+    # and over the real-space length of the same normal (nu / stretch, nv) for real pixels. The reciprocal
+    # lengths depend only on the pair of sites: tabulated per own cell and relative offset (-2..2 cells).
+    inv, inv_real = _pair_reciprocals(su, sv, stretch)
+    ncell = su.size
+    rel = np.array([[(dn - dk + 2) * 5 + (en - ek + 2) for dn, en in _OFFSETS] for dk, ek in _OFFSETS], np.int64)
     edge = np.full(u.shape, np.inf, np.float32)
     edge_real = np.full(u.shape, np.inf, np.float32)
-    for pu, pv, d2 in sites:
-        nu, nv = pu - own_u, pv - own_v
-        sep = np.hypot(nu, nv)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            e = np.where(sep > 1e-6, (d2 - best_d2) / (2 * sep), np.inf)
-            # the bisector's normal in real space is (nu / stretch, nv): rescale the distance accordingly
-            e_real = e * sep / np.hypot(nu / np.float32(stretch), nv)
-        edge = np.minimum(edge, e)
-        edge_real = np.minimum(edge_real, np.where(sep > 1e-6, e_real, np.inf))
-    return np.sqrt(best_d2), edge, edge_real, own_i, own_j
+    with np.errstate(invalid="ignore"):
+        for n, d2 in enumerate(d2s):
+            pair = rel[:, n].take(best_k) * ncell + own
+            d2 -= best_d2  # the own site: 0 * inf = NaN, which fmin skips
+            np.fmin(edge, d2 * inv.take(pair), out=edge)
+            np.fmin(edge_real, d2 * inv_real.take(pair), out=edge_real)
+    offs_i = np.array([di for di, _ in _OFFSETS], np.int64)
+    offs_j = np.array([dj for _, dj in _OFFSETS], np.int64)
+    return np.sqrt(best_d2), edge, edge_real, ci + offs_i.take(best_k), cj + offs_j.take(best_k)
+
+
+def _pair_reciprocals(su: np.ndarray, sv: np.ndarray, stretch: float) -> tuple[np.ndarray, np.ndarray]:
+    """``1 / (2 |s_other - s_own|)`` in the stretched and in the real metric for every site of the ``(rows, cols)``
+    tables and every other site -2..2 cells away, flat as ``[relative offset * cells + own cell]`` (pairs that
+    leave the table: NaN, never read; the own site: inf)."""
+    # every site's 5 x 5 neighbourhood as a view of the NaN-padded tables: (rows, cols, 5, 5)
+    wu = sliding_window_view(np.pad(su, 2, constant_values=np.nan), (5, 5))
+    wv = sliding_window_view(np.pad(sv, 2, constant_values=np.nan), (5, 5))
+    nu, nv = wu - su[:, :, None, None], wv - sv[:, :, None, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv = np.float32(0.5) / _norm(nu, nv)
+        inv_real = np.float32(0.5) / _norm(nu / np.float32(stretch), nv)
+    inv, inv_real = (np.ascontiguousarray(a.transpose(2, 3, 0, 1)) for a in (inv, inv_real))
+    return inv.ravel(), inv_real.ravel()
+
+
+def _per_cell(i: np.ndarray, j: np.ndarray, value: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
+    """``value(i, j)`` (a pure function of the cell) at each point's cell ``(i, j)``: evaluated once per cell of
+    the points' bounding table, then gathered. Cells span many pixels, so this is far cheaper than hashing every
+    point, and gives the same values."""
+    i0, j0 = int(i.min()), int(j.min())
+    ti = np.arange(i0, int(i.max()) + 1)[:, None]
+    tj = np.arange(j0, int(j.max()) + 1)[None, :]
+    table = np.broadcast_to(value(ti, tj), (ti.shape[0], tj.shape[1])).ravel()
+    return table.take((i - i0) * tj.shape[1] + (j - j0))
 
 
 def tubule_field(layout: Layout, x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
     """Tubule geometry at points: border distance ``e`` (px), normalised radius ``rn`` (0 centre, 1 border),
     interstitium width, lumen fraction and proximal flag of the owning tubule."""
-    ca, sa = np.cos(layout.tubule_angle), np.sin(layout.tubule_angle)
+    ca, sa = np.float32(np.cos(layout.tubule_angle)), np.float32(np.sin(layout.tubule_angle))
     u = x * ca + y * sa
     v = -x * sa + y * ca
     d1, es, e, ti, tj = _worley(u, v, layout.um(36), (layout.seed, _K_TUB), stretch=2.4)
     rn = d1 / (d1 + es + 1e-6)
     fib = fbm(x, y, scale=layout.um(400), key=layout.seed * 31 + 5, octaves=1)
     wi = layout.um(1.5) * (1 + 6 * fib**4)
-    lumen = 0.35 + 0.3 * uniform(layout.seed, _K_TUB, ti, tj, 2)
+    lumen = 0.35 + 0.3 * _per_cell(ti, tj, lambda i, j: uniform(layout.seed, _K_TUB, i, j, 2))
     lumen = lumen + 0.12 * (fbm(x, y, scale=layout.um(6), key=layout.seed * 31 + 9, octaves=1) - 0.5)
-    proximal = uniform(layout.seed, _K_TUB, ti, tj, 3) < 0.7
+    proximal = _per_cell(ti, tj, lambda i, j: uniform(layout.seed, _K_TUB, i, j, 3)) < 0.7
     return {"e": e, "rn": rn, "wi": wi, "lumen": lumen, "proximal": proximal}
 
 
@@ -127,22 +172,38 @@ def _nuclei(layout: Layout, x: np.ndarray, y: np.ndarray, out: np.ndarray) -> No
     ang = uniform(*key, 4) * np.float32(np.pi)
     r = np.where(epi, layout.um(3.3) * (0.85 + 0.3 * uniform(*key, 5)), layout.um(1.9))
     rx, ry = r * np.where(epi, 1.15, 2.2), r  # long axis <= 4.4 um = 0.52 cell
-    cos, sin = np.cos(ang), np.sin(ang)
+    # per-cell tables, flat and float32, gathered with one take() each
+    f32 = lambda a: np.asarray(a, np.float32).ravel()  # noqa: E731
+    tx, ty, tcos, tsin = f32(px), f32(py), f32(np.cos(ang)), f32(np.sin(ang))
+    tirx, tiry, tkeep = f32(1 / rx), f32(1 / np.broadcast_to(ry, rx.shape)), f32(keep)
+    ncols = ti.shape[1]
+    base = (ci - ti[0, 0]) * ncols + (cj - tj[0, 0])
     dens = np.zeros(x.shape, np.float32)
-    i0, j0 = ti[0, 0], tj[0, 0]
     # nuclei reach at most 0.52 cell from a centre jittered within [0.1, 0.9]: the 2x2 cells of the pixel's
     # quadrant hold every nucleus that can cover it
-    si = np.where(y / cell - ci < 0.5, -1, 1)
+    si = np.where(y / cell - ci < 0.5, -ncols, ncols)
     sj = np.where(x / cell - cj < 0.5, -1, 1)
-    for di, dj in ((0, 0), (1, 0), (0, 1), (1, 1)):
-        a, b = ci + di * si - i0, cj + dj * sj - j0
-        dx, dy = x - px[a, b], y - py[a, b]
-        u = (dx * cos[a, b] + dy * sin[a, b]) / rx[a, b]
-        v = (-dx * sin[a, b] + dy * cos[a, b]) / ry[a, b]
-        dens = np.maximum(dens, keep[a, b] * smoothstep(1.0, 0.8, np.sqrt(u * u + v * v)))
-    tex = fbm(x, y, scale=layout.um(1.2), key=layout.seed * 31 + 17)
-    out[C["nuc"]] += dens * (0.65 + 0.5 * tex)
+    for idx in (base, base + si, base + sj, base + si + sj):
+        dx, dy = x - tx.take(idx), y - ty.take(idx)
+        c, s = tcos.take(idx), tsin.take(idx)
+        u = (dx * c + dy * s) * tirx.take(idx)
+        v = (dy * c - dx * s) * tiry.take(idx)
+        dens = np.maximum(dens, tkeep.take(idx) * smoothstep(1.0, 0.8, np.sqrt(u * u + v * v)))
+    _add_textured(out[C["nuc"]], dens, x, y, 0.65, 0.5, scale=layout.um(1.2), key=layout.seed * 31 + 17)
     out[C["cyto"]] *= 1 - dens
+
+
+def _add_textured(plane: np.ndarray, dens: np.ndarray, x: np.ndarray, y: np.ndarray, base: float, gain: float, *,
+                  scale: float, key: int) -> None:
+    """``plane += dens * (base + gain * fbm(x, y))``, with the fine texture evaluated only where ``dens > 0``
+    (sparse cells: most pixels would add zero)."""
+    where = dens > 0
+    if not where.any():
+        return
+    if gain == 1.0:  # the same float operations as ``base + fbm`` written out
+        plane[where] += dens[where] * (base + fbm(x[where], y[where], scale=scale, key=key))
+    else:
+        plane[where] += dens[where] * (base + gain * fbm(x[where], y[where], scale=scale, key=key))
 
 
 def _macrophages(layout: Layout, x: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:
@@ -156,10 +217,11 @@ def _macrophages(layout: Layout, x: np.ndarray, y: np.ndarray, out: np.ndarray) 
     keep = (((t["e"] < 2 * t["wi"]) | _near_glomerulus(layout, px, py)) & (uniform(*key, 2) < 0.35)
             & ~_occupied(layout, px, py))
     r = layout.um(5.5) * (0.8 + 0.4 * uniform(*key, 3))
-    a, b = ci - ti[0, 0], cj - tj[0, 0]
-    dens = keep[a, b] * smoothstep(1.0, 0.75, np.hypot(x - px[a, b], y - py[a, b]) / r[a, b])
-    gran = fbm(x, y, scale=layout.um(1.0), key=layout.seed * 31 + 19)
-    out[C["macro"]] += dens * (0.4 + gran)
+    idx = (ci - ti[0, 0]) * ti.shape[1] + (cj - tj[0, 0])
+    tx, ty = np.asarray(px, np.float32).ravel(), np.asarray(py, np.float32).ravel()
+    tir, tkeep = np.asarray(1 / r, np.float32).ravel(), np.asarray(keep, np.float32).ravel()
+    dens = tkeep.take(idx) * smoothstep(1.0, 0.75, _norm(x - tx.take(idx), y - ty.take(idx)) * tir.take(idx))
+    _add_textured(out[C["macro"]], dens, x, y, 0.4, 1.0, scale=layout.um(1.0), key=layout.seed * 31 + 19)
 
 
 def _occupied(layout: Layout, px: np.ndarray, py: np.ndarray) -> np.ndarray:
@@ -181,7 +243,7 @@ def _near_glomerulus(layout: Layout, px: np.ndarray, py: np.ndarray) -> np.ndarr
 
 def _glomerulus(layout: Layout, g: Glomerulus, x: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:
     dx, dy = x - g.cx, y - g.cy
-    rr, th = np.hypot(dx, dy), np.arctan2(dy, dx)
+    rr, th = _norm(dx, dy), np.arctan2(dy, dx)
     rbc_ = g.capsule_radius(th)
     rim = layout.um(4)
     cover = smoothstep(rbc_ + rim + 1, rbc_ + rim - 1, rr)
@@ -215,7 +277,7 @@ def _glomerulus(layout: Layout, g: Glomerulus, x: np.ndarray, y: np.ndarray, out
     lumen = 1 - smoothstep(0.52, 0.6, rn)
     wall = smoothstep(0.52, 0.6, rn) * smoothstep(0.76, 0.68, rn)
     mes = smoothstep(0.68, 0.76, rn)
-    has_rbc = uniform(layout.seed, _K_CAP, g.label, ci, cj, 7) < 0.35
+    has_rbc = _per_cell(ci, cj, lambda i, j: uniform(layout.seed, _K_CAP, g.label, i, j, 7)) < 0.35
     live = tuft * (1 - s)
     tex = fbm(x, y, scale=layout.um(2.5), key=g.label * 13 + 5)
     out[C["rbc"]] += live * lumen * has_rbc
@@ -225,20 +287,23 @@ def _glomerulus(layout: Layout, g: Glomerulus, x: np.ndarray, y: np.ndarray, out
     out[C["scler"]] += tuft * s * (0.75 + 0.5 * tex)
     # glomerular nuclei (endothelial, mesangial, podocytes): dense jittered grid, sparse in sclerosis
     cell = layout.um(6.5)
-    gi, gj = np.floor(dy / cell).astype(np.int64), np.floor(dx / cell).astype(np.int64)
+    gi, gj, ti, tj = _cell_table(dy, dx, cell)
+    key = (layout.seed, _K_GNUC, g.label, ti, tj)
+    tab_x = ((tj + 0.5 + 0.8 * (uniform(*key, 0) - 0.5)) * cell).astype(np.float32).ravel()
+    tab_y = ((ti + 0.5 + 0.8 * (uniform(*key, 1) - 0.5)) * cell).astype(np.float32).ravel()
+    tab_keep = (uniform(*key, 2) < 0.4).astype(np.float32).ravel()
+    ncols = ti.shape[1]
+    base = (gi - ti[0, 0]) * ncols + (gj - tj[0, 0])
     dens = np.zeros(x.shape, np.float32)
     for di, dj in _OFFSETS:
-        i, j = gi + di, gj + dj
-        key = (layout.seed, _K_GNUC, g.label, i, j)
-        px = (j + 0.5 + 0.8 * (uniform(*key, 0) - 0.5)) * cell
-        py = (i + 0.5 + 0.8 * (uniform(*key, 1) - 0.5)) * cell
-        d = np.hypot(dx - px, dy - py) / layout.um(2.7)
-        dens = np.maximum(dens, (uniform(*key, 2) < 0.4) * smoothstep(1.0, 0.75, d))
+        idx = base + (di * ncols + dj)
+        d = _norm(dx - tab_x.take(idx), dy - tab_y.take(idx)) * np.float32(1 / layout.um(2.7))
+        dens = np.maximum(dens, tab_keep.take(idx) * smoothstep(1.0, 0.75, d))
     out[C["nuc"]] += tuft * dens * (1 - 0.85 * s) * (0.7 + 0.4 * tex)
 
 
 def _artery(layout: Layout, a: Artery, x: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:
-    rr = np.hypot(x - a.cx, y - a.cy)
+    rr = _norm(x - a.cx, y - a.cy)
     wob = 1 + 0.04 * (fbm(x, y, scale=layout.um(20), key=int(a.cx) + 3) - 0.5)
     rr = rr / wob
     rim = layout.um(6)

@@ -18,7 +18,7 @@ from .layout import Layout
 from .noise import gaussian_noise
 from .stains import StainStyle, stain_style
 
-_CHUNK = 256  # rows x cols of one component evaluation: bounds the (13, rows, cols) float32 working set
+_CHUNK = 256  # sqrt of the pixels of one component evaluation: bounds the (13, rows, cols) float32 working set
 
 
 def render_region(layout: Layout, stain: str | StainStyle, x: int, y: int, w: int, h: int, *,
@@ -49,38 +49,44 @@ def render_regions(layout: Layout, stains: Sequence[str | StainStyle], x: int, y
     halo = max(halos)
     gx0, gy0 = x // ds - halo, y // ds - halo  # halo in output pixels, anchored to the level grid
     hw, hh = w + 2 * halo, h + 2 * halo
-    ods = [np.zeros((hh, hw, 3), np.float32) for _ in styles]
+    ods = [np.zeros((3, hh, hw), np.float32) for _ in styles]  # channels first: contiguous planes to blur
     tissue = tissue_possible(layout, x - halo * ds, y - halo * ds, x + (w + halo) * ds, y + (h + halo) * ds)
     if tissue:
         mats = [st.od_matrix() for st in styles]
         ox, oy = x - (x // ds) * ds, y - (y // ds) * ds  # sub-grid offset of an unaligned level-0 origin
-        for r0 in range(0, hh, _CHUNK):
-            for c0 in range(0, hw, _CHUNK):
-                r1, c1 = min(hh, r0 + _CHUNK), min(hw, c0 + _CHUNK)
+        # chunks span the region's full height when it is short (a writer's tile row plus its halo), so no thin
+        # leftover row pays a chunk's fixed cost
+        ch = min(hh, 2 * _CHUNK)
+        cw = max(_CHUNK // 4, _CHUNK * _CHUNK // ch)
+        for r0 in range(0, hh, ch):
+            for c0 in range(0, hw, cw):
+                r1, c1 = min(hh, r0 + ch), min(hw, c0 + cw)
                 if not tissue_possible(layout, (gx0 + c0) * ds + ox, (gy0 + r0) * ds + oy,
                                        (gx0 + c1) * ds + ox, (gy0 + r1) * ds + oy):
                     continue
                 ys = ((gy0 + np.arange(r0, r1)) * ds + oy + (ds - 1) / 2).astype(np.float32)
                 xs = ((gx0 + np.arange(c0, c1)) * ds + ox + (ds - 1) / 2).astype(np.float32)
-                comp = components(layout, xs[None, :], ys[:, None])
+                comp = components(layout, xs[None, :], ys[:, None]).reshape(len(mats[0]), -1)
                 for od, mat in zip(ods, mats):
-                    od[r0:r1, c0:c1] = np.tensordot(comp, mat, axes=([0], [0]))
-    yy = (gy0 + halo + np.arange(h))[:, None] * np.ones((1, w), np.int64)
-    xx = (gx0 + halo + np.arange(w))[None, :] * np.ones((h, 1), np.int64)
-    noise = gaussian_noise(xx, yy, key=layout.seed * 977 + ds * 131 + 17)
+                    # einsum's own loop: a BLAS matmul this thin costs more in thread hand-offs than it computes
+                    od[:, r0:r1, c0:c1] = np.einsum("kn,kc->cn", comp, mat).reshape(3, r1 - r0, c1 - c0)
+    yy = (gy0 + halo + np.arange(h))[:, None]
+    xx = (gx0 + halo + np.arange(w))[None, :]
+    noise = np.moveaxis(gaussian_noise(xx, yy, key=layout.seed * 977 + ds * 131 + 17), -1, 0)
     out = []
     for od, style, sigma, own in zip(ods, styles, sigmas, halos):
         if tissue and own:
             # blur only what this stain's own halo needs: the result is independent of the shared halo
-            od = od[halo - own:hh - halo + own, halo - own:hw - halo + own]
+            od = od[:, halo - own:hh - halo + own, halo - own:hw - halo + own]
             for c in range(3):
-                od[..., c] = gaussian_filter(od[..., c], sigma, mode="nearest", truncate=4.0)
-            od = od[own:own + h, own:own + w]
+                od[c] = gaussian_filter(od[c], sigma, mode="nearest", truncate=4.0)
+            od = od[:, own:own + h, own:own + w]
         else:
-            od = od[halo:halo + h, halo:halo + w]
-        rgb = 255.0 * np.power(np.float32(10.0), -(od + np.array(style.glass, np.float32)))
+            od = od[:, halo:halo + h, halo:halo + w]
+        glass = np.array(style.glass, np.float32)[:, None, None]
+        rgb = np.exp((od + glass) * np.float32(-np.log(10.0))) * np.float32(255.0)  # 255 * 10 ** -(OD + glass)
         rgb += np.float32(style.noise) * noise
-        out.append(np.clip(rgb + 0.5, 0, 255).astype(np.uint8))
+        out.append(np.ascontiguousarray(np.clip(rgb + 0.5, 0, 255).astype(np.uint8).transpose(1, 2, 0)))
     return out
 
 
