@@ -119,6 +119,10 @@ class TranslateSection(BlendSection):
         "HE": "generator-PAS-HE", "MASSON": "generator-PAS-MASSON", "PASM": "generator-PAS-PASM"})
     tiff_tile: int = Field(256, ge=16)
     tiff_quality: int = Field(90, ge=1, le=100)
+    # source: the TIFF has the source slide's level-0 geometry (as QuPath shows it, bounds applied), the generated
+    # pixels upsampled (nearest), so it overlays the slide and the GeoJSON as they are; store: the tiled grid
+    # (segmentation resolution, 16x fewer pixels at 4x), coarser than the source, which its OME-XML says
+    tiff_geometry: Literal["source", "store"] = "source"
 
     @model_validator(mode="after")
     def _generators_known(self) -> TranslateSection:
