@@ -28,7 +28,7 @@ from torch import nn
 from workflows.job_config import DEFAULT_CLASS_NAMES, load_job_config
 from workflows.slide_job import run_slide, slide_stem
 from workflows.slide_plan import qupath_offset
-from wsi_pipeline.annotations import Annotation, evaluate_geojson, read_features, snap_valid, write_geojson
+from wsi_pipeline.annotations import Annotation, class_code, evaluate_geojson, read_features, snap_valid, write_geojson
 from wsi_pipeline.export.tiff import write_pyramidal_tiff
 from wsi_pipeline.models.registry import define, save_model
 from wsi_pipeline.synth import write_phantom
@@ -113,8 +113,14 @@ def test_full_job_writes_qupath_geojson_and_overlay(work: dict) -> None:
     assert set(entry["timings"]) == set(entry["stages_run"])
     data = json.loads((work["slide_dir"] / "glomeruli.geojson").read_text())
     assert data["type"] == "FeatureCollection"
-    feats = data["features"]
+    tissue = [f for f in data["features"] if f["properties"]["classification"]["name"] == "Tissue"]
+    feats = [f for f in data["features"] if f not in tissue]
     assert len(feats) == N_GLOMERULI == entry["counts"]["glomeruli"]
+    assert len(tissue) == 1 and tissue[0]["properties"]["classification"]["color"]  # the outline, its own class
+    outline = shape(tissue[0]["geometry"])
+    assert all(outline.contains(shape(f["geometry"]).centroid) for f in feats)
+    assert tissue[0]["properties"]["measurements"]["area_um2"] > sum(
+        f["properties"]["measurements"]["area_um2"] for f in feats)
     assert entry["counts"]["stain"] == "PAS" and "warnings" not in entry["counts"]  # recognised, no warning
     truth = [shape(f["geometry"]) for f in json.loads(work["phantom"].truth_geojson.read_text())["features"]]
     matched = set()
@@ -358,7 +364,7 @@ def test_demo_evaluation_scores_detection_and_classes(work: dict, tmp_path: Path
     truth = json.loads(work["phantom"].truth_geojson.read_text())
     pred = json.loads(json.dumps(truth))
     for i, f in enumerate(pred["features"]):
-        code = f["properties"]["classification"]["name"].split(": ")[-1]
+        code = class_code(f["properties"]["classification"]["name"])
         wrong = {"noa": "gs", "ss": "noa", "gs": "ss"}[code] if i == 0 else code
         f["properties"]["measurements"] = {f"p_{c}": float(c == wrong) for c in ("noa", "ss", "gs")}
     pred["features"].append({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [

@@ -18,6 +18,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from wsi_pipeline.annotations.geojson import CLASS_NAMES
 from wsi_pipeline.config import FrozenConfig, load_config
 from wsi_pipeline.infer.blend import WeightKind
 from wsi_pipeline.infer.tiled import TiledInferenceConfig
@@ -26,12 +27,9 @@ from wsi_pipeline.tiling.plan import TileConfig
 Task = Literal["segment", "classify", "translate", "full"]
 TASKS: tuple[str, ...] = ("full", "segment", "classify", "translate")
 
-#: G2C class codes (the classifier record's ``classes``) -> QuPath class names written to the GeoJSON
-DEFAULT_CLASS_NAMES: dict[str, str] = {
-    "noa": "Glomerulus: Non-sclerotic",
-    "ss": "Glomerulus: Segmental sclerosis",
-    "gs": "Glomerulus: Global sclerosis",
-}
+#: G2C class codes (the classifier record's ``classes``) -> QuPath class names written to the GeoJSON (the
+#: library's one set, shared with the phantom's truth files)
+DEFAULT_CLASS_NAMES: dict[str, str] = dict(CLASS_NAMES)
 
 
 class BlendSection(FrozenConfig):

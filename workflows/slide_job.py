@@ -39,7 +39,8 @@ from typing import Any, TypeVar
 
 import dask
 
-from wsi_pipeline.annotations import Annotation, Feature, as_written, read_features, read_geojson, write_geojson
+from wsi_pipeline.annotations import GLOMERULUS, Annotation, Feature, as_written, is_glomerulus, read_features, \
+    read_geojson, write_geojson
 from wsi_pipeline.atomic import atomic_write_json, atomic_write_text
 from wsi_pipeline.errors import AnnotationError, NoTissueError, StoreError, WsiPipelineError
 from wsi_pipeline.export.tiff import OmeInfo, write_pyramidal_tiff
@@ -211,9 +212,12 @@ class _SlideJob:
             models = {"segmenter": seg.weights.label, **cls.models}
             export_digest = digest_of("export", cls_digest, cfg.overlay_px, plan.offset)
         else:
-            final = [a.classified("Glomerulus") for a in shapes]
+            final = [a.classified(GLOMERULUS) for a in shapes]
             models = {"segmenter": seg.weights.label, "virtual_stains": ""}
             export_digest = digest_of("export-segment", poly_digest, cfg.overlay_px, plan.offset)
+        tissue = ops.tissue_annotation(plan.info)
+        if tissue is not None:
+            final.append(tissue)
         self.stage("export", export_digest, lambda: self.export(final, models))
 
     def tile(self, mpp: float) -> str:
@@ -298,12 +302,12 @@ class _SlideJob:
         src = self.annotation_file()
         offset = self.plan.offset
         items = read_features(src, bounds_offset=offset)
-        areas = [a for a in items if isinstance(a, Annotation)]
+        areas = [a for a in items if isinstance(a, Annotation) and is_glomerulus(a.classification)]
         cls = classifier_settings(self.config.classify, base_dir=self.config.base_dir)
         cls_digest = digest_of("classify-file", file_sha256(src), offset, cls.digest_parts, self.config.device)
         results = self.classify(cls_digest, areas, cls)
         final = [a.classified(results[a.id]["name"], measurements=results[a.id]["measurements"])
-                 if isinstance(a, Annotation) else a for a in items]
+                 if isinstance(a, Annotation) and a.id in results else a for a in items]
         models = {**cls.models, "annotations_source": src.name}
         self.stage("export", digest_of("export-classify", cls_digest, self.config.overlay_px, offset),
                    lambda: self.export(final, models))

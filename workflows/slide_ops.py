@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -16,10 +17,11 @@ from typing import Any, cast
 import numpy as np
 import zarr
 from numpy.typing import NDArray
+from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
 from wsi_pipeline import __version__
-from wsi_pipeline.annotations import Annotation, class_color, mean_inside, polygons_from_zarr
+from wsi_pipeline.annotations import TISSUE, Annotation, class_color, is_glomerulus, mean_inside, polygons_from_zarr
 from wsi_pipeline.infer import TiledInferenceConfig, predict_zarr
 from wsi_pipeline.infer.classify import CropSpec, class_measurements, decide, g2c_probabilities
 from wsi_pipeline.infer.crops import read_glomerulus_crops
@@ -119,10 +121,23 @@ def translate(store: Path, stain: str, ref: WeightsRef, inference: TiledInferenc
 
 
 # -- outputs ---------------------------------------------------------------------------------------------------------
+def tissue_annotation(info: StoreInfo) -> Annotation | None:
+    """The tissue outline tiling found (level-0) as its own annotation of class ``Tissue``; its id is derived from
+    the store's settings digest, so a re-run writes the same feature."""
+    outline = info.tissue.polygons_level0
+    geom = shape(outline) if outline else None
+    if geom is None or geom.is_empty:
+        return None
+    uid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"wsi-pipeline:tissue:{info.settings_digest}"))
+    return Annotation(geom, id=uid, classification=TISSUE, properties={"name": "Tissue"})
+
+
+
 def write_overlay(path: Path, slide: Slide, annotations: Sequence[Annotation], *, max_px: int) -> Path:
     """``overlay.png``: the slide's thumbnail with the (level-0) annotations drawn in their class colours."""
     thumb = slide.thumbnail(max_px)
     w0, h0 = slide.dimensions
+    annotations = [a for a in annotations if is_glomerulus(a.classification)]  # the tissue outline is not drawn
     items = [(a.geometry, a.classification) for a in annotations]
     colours = {a.classification: (a.color or class_color(a.classification)) for a in annotations
                if a.classification is not None}
@@ -142,4 +157,4 @@ def base_metadata(slide: Slide, *, mpp_override: float | None, bounds_offset: tu
 
 
 __all__ = ["base_metadata", "classify", "polygons", "read_crops", "seg_confidence", "segment", "segmentation_label",
-           "translate", "write_overlay"]
+           "tissue_annotation", "translate", "write_overlay"]
