@@ -116,8 +116,9 @@ class TiffSlide(Slide):
                 raise
             raise SlideError(self.path, f"cannot open with tifffile: {exc}") from exc
         if self._pages[0] is None:
+            reason = _not_rgb_reason(self._tif, series)
             self._tif.close()
-            raise SlideError(self.path, f"series {series.name!r} has axes {series.axes} {series.shape}: not one RGB plane")
+            raise SlideError(self.path, reason)
         self._pages = [p for p in self._pages if p is not None]
         try:
             check_tiff_segments(self.path, self._tif)
@@ -314,6 +315,30 @@ class TiffSlide(Slide):
             if dec is not None:
                 dec.close()
         self._tif.close()
+
+
+def _channel_names(tif: tifffile.TiffFile, series: Any) -> list[str]:
+    """Channel names a multichannel series states: OME ``Channel Name`` or QPTIFF's per-page ``<Name>``."""
+    if tif.is_ome:
+        root = ET.fromstring(tif.ome_metadata or "<OME/>")
+        return [el.get("Name", "") for el in root.iter() if el.tag.endswith("}Channel") or el.tag == "Channel"]
+    if tif.is_qpi:
+        names = []
+        for page in series.pages:
+            found = re.search(r"<Name>([^<]*)</Name>", getattr(page, "description", "") or "")
+            names.append(found.group(1) if found else "")
+        return names
+    return []
+
+
+def _not_rgb_reason(tif: tifffile.TiffFile, series: Any) -> str:
+    """Why a series is not a brightfield slide (several planes: fluorescence channels, Z or T)."""
+    channels = [n for n in _channel_names(tif, series) if n]
+    kind = "PerkinElmer QPTIFF " if tif.is_qpi else "OME-TIFF " if tif.is_ome else ""
+    what = (f"{len(channels)}-channel fluorescence image (channels {', '.join(channels)})" if len(channels) > 1
+            else f"image with axes {series.axes} {series.shape}")
+    return (f"{kind}{what}, not a brightfield RGB slide: only brightfield RGB slides are processed "
+            "(export an RGB brightfield image, e.g. a pseudo-coloured composite, to run it)")
 
 
 def _to_rgb8(data: np.ndarray, page: Any, path: Path) -> np.ndarray:
