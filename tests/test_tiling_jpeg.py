@@ -279,7 +279,8 @@ def slow_write(path, data):  # copying is too quick to interrupt: same bytes, la
     time.sleep(0.02)
     write(path, data)
 tasks.write_atomic = slow_write
-tile_slide(sys.argv[1], sys.argv[2], config=TileConfig(compressor="jpeg", tile=256, task_px=256), workers=1, progress=False)
+tile_slide(sys.argv[1], sys.argv[2], config=TileConfig(compressor="jpeg", tile=256, task_px=256), workers=1,
+           progress=False)
 """
 
 

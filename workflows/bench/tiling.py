@@ -252,7 +252,8 @@ METHODOLOGY = (
     "decoded, JPEG-encoded otherwise: codec wsi_pipeline.jpeg, the default before issue 15); tile-level0 = "
     "the default without the pyramid; tile-raw = compressor 'none' (lossless, uncompressed); openslide = "
     "one-thread read_region loop over the boxes. os.sync() (untimed) before each measurement. Kinds are "
-    "interleaved (floor, tile, tile-jpeg, tile-level0, tile-raw, openslide, floor, ...) REPS times; the table gives the fastest run of each kind "
+    "interleaved (floor, tile, tile-jpeg, tile-level0, tile-raw, openslide, floor, ...) REPS times; the table "
+    "gives the fastest run of each kind "
     "and ratios of those bests, with the 1-minute load average range seen during the runs (the machine is shared: "
     "other processes compete for the same cores). CPU s = user + system seconds of the timed part (all threads), "
     "the least of the runs: less sensitive to load than wall time. store MB = bytes tiling wrote.")
@@ -306,7 +307,8 @@ def main(argv: list[str] | None = None) -> None:
     compare = [("PAS patch", pas_slide(slides_dir, args.compare_size))] if args.compare_size else []
     if args.phantom_size:
         compare.insert(0, ("phantom", phantom_slide(slides_dir, args.phantom_size)))
-    kinds = ["floor", "tile", "tile-jpeg", "tile-level0", "tile-raw", "openslide"] + (["tile-processes"] if args.processes else [])
+    kinds = ["floor", "tile", "tile-jpeg", "tile-level0", "tile-raw", "openslide"]
+    kinds += ["tile-processes"] if args.processes else []
     for label, slide in compare:
         print(f"{label}: {slide}", flush=True)
         results["compare"].append({"label": label, **_best_of(kinds, slide, args, reps=args.reps)})
@@ -352,7 +354,8 @@ def _markdown(res: dict[str, Any]) -> str:
              f"{res['store_dir']}", "", "Method: " + res["methodology"], "",
              "| slide | tissue MPix | floor (decode) MPix/s | tiling MPix/s | tiling, no pyramid MPix/s "
              "| tiling JPEG copy MPix/s | tiling raw (uncompressed) MPix/s | openslide loop (1 thread) MPix/s "
-             "| tiling/floor | JPEG copy/floor | no pyramid/floor | raw/floor | tiling/openslide | CPU s floor / tiling "
+             "| tiling/floor | JPEG copy/floor | no pyramid/floor | raw/floor | tiling/openslide "
+             "| CPU s floor / tiling "
              "| store MB tiling / JPEG copy / raw | peak RSS tiling MiB | load avg (1 min) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in res["compare"]:

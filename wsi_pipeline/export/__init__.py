@@ -1,4 +1,5 @@
-"""Writers: streaming pyramidal TIFF (Aperio SVS, OME-TIFF whose pyramid openslide and OME readers both see, plain pyramidal TIFF)."""
+"""Writers: streaming pyramidal TIFF (Aperio SVS, OME-TIFF whose pyramid openslide and OME readers both see, plain
+pyramidal TIFF)."""
 
 from .tiff import OmeInfo, Region, aperio_description, downsample2, level_sizes, write_pyramidal_tiff
 

@@ -33,8 +33,8 @@ from .shards import DONE_ARRAY, MASK_ARRAY, JpegChunks, StoreLevel, create_done_
     written_chunks
 
 __all__ = ["STORE_FORMAT", "LevelInfo", "StoreGeometry", "StoreInfo", "TissueInfo", "create_arrays", "finish_store",
-           "new_store_info", "ngff_translation", "open_or_create", "read_store_info", "settings_digest", "tissue_chunks",
-           "tissue_mask", "write_ngff_label"]
+           "new_store_info", "ngff_translation", "open_or_create", "read_store_info", "settings_digest",
+           "tissue_chunks", "tissue_mask", "write_ngff_label"]
 
 STORE_FORMAT = 3  # 2: per-level chunk codecs (copied JPEG tiles), any power-of-two levels; 3: NGFF labels, translation
 ATTR = "wsi_pipeline"
@@ -197,10 +197,11 @@ def open_or_create(store: Path, info: StoreInfo, *, overwrite: bool,
     factors = [lv.factor for lv in info.pyramid]
     group.attrs["ome"] = ngff_image(name=Path(str(info.source["path"])).stem, factors=factors,
                                     mpp=info.geometry.mpp, translation=ngff_translation(info))
-    if MASK_ARRAY in group:
-        mask, step = np.asarray(group[MASK_ARRAY][:]) > 0, info.tissue.mask_downsample_level0 / info.geometry.scale[0]
-        write_ngff_label(tmp, info, TISSUE_LABEL, mask_levels(mask, step=step, shapes=[lv.shape for lv in info.pyramid],
-                                                              factors=factors))
+    if MASK_ARRAY in group:  # the tissue mask as an NGFF label image on the pyramid
+        mask = np.asarray(zarr.open_array(tmp / MASK_ARRAY, mode="r")[:]) > 0
+        step = info.tissue.mask_downsample_level0 / info.geometry.scale[0]
+        shapes = [lv.shape for lv in info.pyramid]
+        write_ngff_label(tmp, info, TISSUE_LABEL, mask_levels(mask, step=step, shapes=shapes, factors=factors))
     group.attrs[ATTR] = info.to_attrs()
     os.replace(tmp, store)
     return info
