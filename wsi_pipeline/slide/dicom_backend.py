@@ -15,7 +15,6 @@ libraries' reasons.
 from __future__ import annotations
 
 import functools
-import math
 import os
 import warnings
 from collections.abc import Mapping
@@ -25,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import SlideError
-from .base import Slide, check_region_args, resolve_mpp
+from .base import Slide, check_region_args, level_window, mean_downsamples, resolve_mpp
 
 __all__ = ["DicomFramesSlide", "WsiDicomSlide", "open_dicom"]
 
@@ -56,8 +55,7 @@ class WsiDicomSlide(Slide):
 
     @functools.cached_property
     def level_downsamples(self) -> tuple[float, ...]:
-        w0, h0 = self.level_dimensions[0]
-        return tuple((w0 / w + h0 / h) / 2 for w, h in self.level_dimensions)
+        return mean_downsamples(self.level_dimensions)
 
     @property
     def mpp(self) -> tuple[float, float] | None:
@@ -82,14 +80,12 @@ class WsiDicomSlide(Slide):
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         if not 0 <= level < self.level_count:
             raise IndexError(f"level={level} out of range 0..{self.level_count - 1} for {self.path}")
-        (x, y), (w, h) = check_region_args(location, size)
-        ds = self.level_downsamples[level]
-        lx, ly = math.floor(x / ds), math.floor(y / ds)
-        out = np.full((h, w, 3), 255, np.uint8)
-        lw, lh = self.level_dimensions[level]
-        x0, y0, x1, y1 = max(lx, 0), max(ly, 0), min(lx + w, lw), min(ly + h, lh)
-        if x0 >= x1 or y0 >= y1:
+        lx, ly, box = level_window(location, size, downsample=self.level_downsamples[level],
+                                   level_size=self.level_dimensions[level])
+        out = np.full((int(size[1]), int(size[0]), 3), 255, np.uint8)
+        if box is None:
             return out
+        x0, y0, x1, y1 = box
         try:
             img = self._wsi.read_region((x0, y0), self._levels[level].level, (x1 - x0, y1 - y0))
         except Exception as exc:

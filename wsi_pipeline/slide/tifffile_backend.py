@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import re
 import threading
@@ -18,7 +17,7 @@ import numpy as np
 import tifffile
 
 from ..errors import SlideError
-from .base import Slide, check_region_args, resolve_mpp
+from .base import Slide, level_window, mean_downsamples, resolve_mpp
 from .tiles import TiffTileDecoder, composite_on_white
 
 # micrometres per OME length unit (OME's UnitsLength enumeration, the common part)
@@ -146,9 +145,7 @@ class TiffSlide(Slide):
 
     @cached_property
     def level_downsamples(self) -> tuple[float, ...]:
-        w0, h0 = self.level_dimensions[0]
-        # openslide's definition: the mean of the two axis ratios
-        return tuple((w0 / w + h0 / h) / 2 for w, h in self.level_dimensions)
+        return mean_downsamples(self.level_dimensions)
 
     @property
     def mpp(self) -> tuple[float, float] | None:
@@ -263,15 +260,12 @@ class TiffSlide(Slide):
         ``location / downsample`` is whole (always at level 0); otherwise it resamples by the sub-pixel fraction.
         """
         self._check_level(level)
-        (x, y), (w, h) = check_region_args(location, size)
-        ds = self.level_downsamples[level]
-        # same anchoring as openslide's tiled readers: level-0 location / downsample, floored
-        lx, ly = math.floor(x / ds), math.floor(y / ds)
-        out = np.full((h, w, 3), 255, np.uint8)
-        lw, lh = self.level_dimensions[level]
-        x0, y0, x1, y1 = max(lx, 0), max(ly, 0), min(lx + w, lw), min(ly + h, lh)
-        if x0 >= x1 or y0 >= y1:
+        lx, ly, box = level_window(location, size, downsample=self.level_downsamples[level],
+                                   level_size=self.level_dimensions[level])
+        out = np.full((int(size[1]), int(size[0]), 3), 255, np.uint8)
+        if box is None:
             return out
+        x0, y0, x1, y1 = box
         dec = self._decoder(level)
         if dec is not None:
             self._paint_tiles(dec, out, lx, ly, (x0, y0, x1, y1))
