@@ -215,10 +215,12 @@ class _SlideJob:
             final = [a.classified(GLOMERULUS) for a in shapes]
             models = {"segmenter": seg.weights.label, "virtual_stains": ""}
             export_digest = digest_of("export-segment", poly_digest, cfg.overlay_px, plan.offset)
-        tissue = ops.tissue_annotation(plan.info)
-        if tissue is not None:
-            final.append(tissue)
-        self.stage("export", export_digest, lambda: self.export(final, models))
+        self.stage("export", export_digest, lambda: self.export(self.with_tissue(final), models))
+
+    def with_tissue(self, annotations: list[Annotation]) -> list[Annotation]:
+        """The glomeruli and the store's tissue outline (class ``Tissue``), read only when the export runs."""
+        tissue = ops.tissue_annotation(self.plan.info)
+        return [*annotations, tissue] if tissue is not None else annotations
 
     def tile(self, mpp: float) -> str:
         plan = self.plan
