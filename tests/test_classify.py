@@ -7,6 +7,7 @@ import pytest
 import shapely
 import torch
 
+from wsi_pipeline.annotations import class_code
 from wsi_pipeline.infer.classify import (
     CropSpec,
     G2CModel,
@@ -88,5 +89,5 @@ def test_training_crops_are_the_slide_jobs_crops(tmp_path) -> None:
         job = read_crops(slide, [shape(f["geometry"]) for f in truth], CropSpec(size=48, mpp=2.0, margin=0.2))
     assert len(truth) == len(train) >= 3 and train.images.shape == (len(truth), 1, 48, 48, 3)
     np.testing.assert_array_equal(train.images[:, 0], job)
-    classes = [str(f["properties"]["classification"]["name"]).split(": ")[-1] for f in truth]
+    classes = [class_code(f["properties"]["classification"]["name"]) for f in truth]
     assert [("noa", "ss", "gs")[c] for c in train.classes] == classes

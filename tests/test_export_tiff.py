@@ -14,6 +14,7 @@ import tifffile
 
 from wsi_pipeline.errors import ConfigError, WsiPipelineError
 from wsi_pipeline.export import downsample2, level_sizes, write_pyramidal_tiff
+from wsi_pipeline.export.tiff import OmeInfo
 
 
 def pattern(x: int, y: int, w: int, h: int) -> np.ndarray:
@@ -106,23 +107,36 @@ def test_level0_is_streamed_in_small_blocks(svs: tuple[Path, Recorder]) -> None:
     assert (covered == 1).all()  # every level-0 pixel requested exactly once
 
 
-def test_ome_flavor_has_physical_size_and_subifd_pyramid(tmp_path: Path) -> None:
+def test_ome_flavor_pyramid_is_the_same_in_openslide_tiffslide_and_tifffile(tmp_path: Path) -> None:
+    """One copy of each reduced level, in the main IFD chain (openslide) and in level 0's SubIFDs (OME readers)."""
+    import tiffslide
+
     path = write_pyramidal_tiff(tmp_path / "p.ome.tif", pattern, size=SIZE, mpp=0.5, tile=128, flavor="ome",
-                                min_level_size=128, description_extra="virtual PAS")
+                                min_level_size=128, description_extra="virtual PAS",
+                                ome=OmeInfo(channel="PAS (virtual)", objective_power=20, annotations={"k": "a<b"}))
+    want = [(h, w) for w, h in level_sizes(SIZE, min_level_size=128)]
     with tifffile.TiffFile(path) as tif:
         assert tif.is_ome
-        assert len(tif.pages) == 1  # reduced levels live in SubIFDs
-        pixels = ET.fromstring(tif.ome_metadata).find(".//{*}Pixels")
+        assert len(tif.pages) == len(want)  # the levels are main-chain pages ...
+        assert list(tif.pages.first.subifds) == [p.offset for p in tif.pages[1:]]  # ... and level 0's SubIFDs
+        root = ET.fromstring(tif.ome_metadata)
+        pixels = root.find(".//{*}Pixels")
         assert pixels is not None
         assert float(pixels.get("PhysicalSizeX")) == pytest.approx(0.5)
         assert float(pixels.get("PhysicalSizeY")) == pytest.approx(0.5)
         assert pixels.get("PhysicalSizeXUnit") == "µm"
+        assert root.find(".//{*}Channel").get("Name") == "PAS (virtual)"
+        assert float(root.find(".//{*}Objective").get("NominalMagnification")) == 20
+        assert root.find(".//{*}M").text == "a<b" and root.find(".//{*}Image").get("Name") == "virtual PAS"
         levels = tif.series[0].levels
-        assert [lv.shape[:2] for lv in levels] == [(h, w) for w, h in level_sizes(SIZE, min_level_size=128)]
+        assert [lv.shape[:2] for lv in levels] == want
         assert np.abs(levels[0].asarray().astype(np.int16) - pattern(0, 0, *SIZE)).mean() < 3.0
-    with openslide.OpenSlide(path) as s:  # openslide ignores SubIFDs: level 0 only, MPP from the resolution tags
-        assert s.level_dimensions[0] == SIZE
+        top = levels[-1].asarray()
+    with openslide.OpenSlide(path) as s, tiffslide.TiffSlide(path) as ts:
+        assert s.level_dimensions == ts.level_dimensions == tuple((w, h) for h, w in want)
         assert float(s.properties["openslide.mpp-x"]) == pytest.approx(0.5)
+        w, h = s.level_dimensions[-1]
+        assert np.array_equal(np.asarray(s.read_region((0, 0), s.level_count - 1, (w, h)).convert("RGB")), top)
 
 
 def test_lossless_flavor_is_exact_at_every_level(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ from torch import nn
 from workflows.job_config import DEFAULT_CLASS_NAMES, load_job_config
 from workflows.slide_job import run_slide, slide_stem
 from workflows.slide_plan import qupath_offset
-from wsi_pipeline.annotations import Annotation, evaluate_geojson, read_features, snap_valid, write_geojson
+from wsi_pipeline.annotations import Annotation, class_code, evaluate_geojson, read_features, snap_valid, write_geojson
 from wsi_pipeline.export.tiff import write_pyramidal_tiff
 from wsi_pipeline.models.registry import define, save_model
 from wsi_pipeline.synth import write_phantom
@@ -113,8 +113,14 @@ def test_full_job_writes_qupath_geojson_and_overlay(work: dict) -> None:
     assert set(entry["timings"]) == set(entry["stages_run"])
     data = json.loads((work["slide_dir"] / "glomeruli.geojson").read_text())
     assert data["type"] == "FeatureCollection"
-    feats = data["features"]
+    tissue = [f for f in data["features"] if f["properties"]["classification"]["name"] == "Tissue"]
+    feats = [f for f in data["features"] if f not in tissue]
     assert len(feats) == N_GLOMERULI == entry["counts"]["glomeruli"]
+    assert len(tissue) == 1 and tissue[0]["properties"]["classification"]["color"]  # the outline, its own class
+    outline = shape(tissue[0]["geometry"])
+    assert all(outline.contains(shape(f["geometry"]).centroid) for f in feats)
+    assert tissue[0]["properties"]["measurements"]["area_um2"] > sum(
+        f["properties"]["measurements"]["area_um2"] for f in feats)
     assert entry["counts"]["stain"] == "PAS" and "warnings" not in entry["counts"]  # recognised, no warning
     truth = [shape(f["geometry"]) for f in json.loads(work["phantom"].truth_geojson.read_text())["features"]]
     matched = set()
@@ -215,23 +221,106 @@ def test_classify_mode_round_trips_qupath_files(work: dict, tmp_path: Path, kind
 
 
 def test_translate_writes_aligned_ome_tiff(work: dict) -> None:
+    """The virtual stain has the source's level-0 geometry: openslide, tiffslide and tifffile read the same pyramid,
+    and each glomerulus polygon of the job's GeoJSON (source level-0 pixels) falls on the same tissue in it."""
+    import tifffile
+    import tiffslide
+    from PIL import ImageDraw
+
     out = work["root"] / "out"  # same folder as the full run: tiling is reused
     entry = run_slide(work["slide"], out, config=work["config"], task="translate", workers=2)
     assert entry["status"] == "ok", entry["reason"]
     assert entry["stages_run"] == ["translate-HE"] and "tile" in entry["stages_skipped"]
     tif = work["slide_dir"] / "virtual-HE.ome.tif"
-    virtual = zarr.open_array(str(work["slide_dir"] / "slide.zarr" / "virtual" / "HE"), mode="r")
+    virtual = zarr.open_array(str(work["slide_dir"] / "slide.zarr" / "virtual" / "HE" / "0"), mode="r")
     assert virtual.shape == (3, 512, 512)
     assert virtual.attrs["geometry"]["scale_level0"] == [4.0, 4.0]
-    with openslide.OpenSlide(tif) as s:
-        assert s.dimensions == (512, 512)
-        assert float(s.properties["openslide.mpp-x"]) == pytest.approx(SEG_MPP)
-        px = np.asarray(s.read_region((0, 0), 0, (512, 512)).convert("RGB"))
-    tissue = tissue_chunks(work["slide_dir"] / "slide.zarr", read_store_info(work["slide_dir"] / "slide.zarr"))
-    assert tissue.shape == (4, 4) and 0 < tissue.sum() < 16
-    for (r, c), is_tissue in np.ndenumerate(tissue):
-        inner = px[r * 128 + 8:(r + 1) * 128 - 8, c * 128 + 8:(c + 1) * 128 - 8]  # JPEG chroma bleeds at edges
-        assert (inner >= 250).all() != is_tissue  # glass chunks are white, generated chunks are not
+    with openslide.OpenSlide(work["slide"]) as src:
+        size, mpp = src.dimensions, float(src.properties["openslide.mpp-x"])
+    with openslide.OpenSlide(tif) as s, tiffslide.TiffSlide(tif) as ts, tifffile.TiffFile(tif) as tf:
+        assert s.dimensions == size == (2048, 2048)
+        assert float(s.properties["openslide.mpp-x"]) == pytest.approx(mpp)
+        levels = [lv.shape[1::-1] for lv in tf.series[0].levels]
+        assert len(levels) > 1 and s.level_dimensions == ts.level_dimensions == tuple(levels)
+        assert s.level_count == ts.level_count == len(levels)
+        for level in range(s.level_count):  # every level has pixels in every reader (no transparent zeros)
+            w, h = s.level_dimensions[level]
+            a = np.asarray(s.read_region((0, 0), level, (w, h)).convert("RGB"))
+            b = np.asarray(ts.read_region((0, 0), level, (w, h), as_array=True))[..., :3]
+            assert np.array_equal(a, b) and np.array_equal(a, tf.series[0].levels[level].asarray())
+            assert (a < 250).any()
+        ome = tf.ome_metadata
+        assert 'Name="HE (virtual)"' in ome and "NominalMagnification=" in ome
+        px = np.asarray(s.read_region((0, 0), 0, size).convert("RGB")).astype(np.int16)
+    grid = np.asarray(virtual[:]).transpose(1, 2, 0)
+    expected = grid.repeat(4, 0).repeat(4, 1).astype(np.int16)  # the tiled grid on the source's level 0
+    feats = json.loads((work["slide_dir"] / "glomeruli.geojson").read_text())["features"]
+    glomeruli = [f for f in feats if f["properties"]["classification"]["name"] != "Tissue"]
+    assert len(glomeruli) == N_GLOMERULI
+    for f in glomeruli:
+        inside = Image.new("1", size)
+        ImageDraw.Draw(inside).polygon([tuple(p) for p in f["geometry"]["coordinates"][0]], fill=1)
+        m = np.asarray(inside)
+        assert m.sum() > 1000
+        assert (px[m] < 245).any(axis=1).mean() > 0.95  # on generated tissue, not on glass
+        assert np.abs(px[m] - expected[m]).mean() < 6  # the same pixels as the store's grid (JPEG noise only)
+        shifted = np.roll(m, (0, 48), axis=(0, 1))  # what a misplaced overlay would compare against
+        assert np.abs(px[m] - expected[shifted]).mean() > np.abs(px[m] - expected[m]).mean()
+
+
+THIRD_PARTY = r"""
+import json, sys
+import zarr
+from ome_zarr.io import parse_url
+from ome_zarr.reader import Reader
+from ome_zarr_models.v05.image import Image
+
+store = sys.argv[1]
+root = zarr.open_group(store, mode="r")
+arrays = {}
+def walk(group, prefix):
+    for name, node in group.members():
+        if isinstance(node, zarr.Array):
+            arrays[prefix + name] = [int(node[...].max()), list(node.shape)]  # every chunk decodes
+        else:
+            walk(node, prefix + name + "/")
+walk(root, "")
+image = Image.from_zarr(root)
+labels = image.labels.label_paths if image.labels else []
+virtual = {name: len(Image.from_zarr(node).ome_attributes.multiscales[0].datasets)
+           for name, node in root["virtual"].groups()} if "virtual" in root else {}
+nodes = [(type(n.specs[0]).__name__, [list(d.shape) for d in n.data]) for n in Reader(parse_url(store))()]
+transforms = image.ome_attributes.multiscales[0].datasets[0].coordinateTransformations
+print(json.dumps({"arrays": arrays, "labels": labels, "virtual": virtual, "nodes": nodes,
+                  "transforms": [t.type for t in transforms], "imported": "wsi_pipeline" in sys.modules}))
+"""
+
+
+def test_job_store_opens_in_third_party_readers(work: dict, tmp_path: Path) -> None:
+    """The job's slide.zarr as a user without wsi-pipeline sees it: plain zarr opens every array, ome-zarr-models
+    validates it as an OME-NGFF image with labels (tissue, glomeruli), ome-zarr-py reads image and labels."""
+    import os
+    import subprocess
+    import sys
+
+    run_slide(work["slide"], work["root"] / "out", config=work["config"], task="translate", workers=2)  # resumed
+    store = work["slide_dir"] / "slide.zarr"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", THIRD_PARTY, str(store)], capture_output=True, text=True,
+                          cwd=tmp_path, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert not seen["imported"]
+    info = read_store_info(store)
+    levels = [str(i) for i in range(len(info.pyramid))]
+    assert set(levels) | {"seg", "tissue_mask", "tiling_done", "virtual/HE/0"} <= set(seen["arrays"])
+    assert {f"labels/{n}/{lv}" for n in ("tissue", "glomeruli") for lv in levels} <= set(seen["arrays"])
+    assert seen["arrays"]["labels/glomeruli/0"][0] == 1 and seen["arrays"]["labels/tissue/0"][0] == 1
+    assert seen["arrays"]["labels/glomeruli/0"][1] == [1, *info.geometry.shape]
+    assert sorted(seen["labels"]) == ["glomeruli", "tissue"] and seen["virtual"] == {"HE": 1}
+    assert seen["transforms"] == ["scale", "translation"]
+    kinds = [k for k, _ in seen["nodes"]]
+    assert kinds[0] == "Multiscales" and kinds.count("Label") == 2
 
 
 def test_other_stain_is_recognised_and_processed_with_a_warning(work: dict, tmp_path: Path) -> None:
@@ -275,7 +364,7 @@ def test_demo_evaluation_scores_detection_and_classes(work: dict, tmp_path: Path
     truth = json.loads(work["phantom"].truth_geojson.read_text())
     pred = json.loads(json.dumps(truth))
     for i, f in enumerate(pred["features"]):
-        code = f["properties"]["classification"]["name"].split(": ")[-1]
+        code = class_code(f["properties"]["classification"]["name"])
         wrong = {"noa": "gs", "ss": "noa", "gs": "ss"}[code] if i == 0 else code
         f["properties"]["measurements"] = {f"p_{c}": float(c == wrong) for c in ("noa", "ss", "gs")}
     pred["features"].append({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [

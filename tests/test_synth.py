@@ -14,6 +14,7 @@ import tifffile
 from PIL import Image
 from shapely.geometry import shape
 
+from wsi_pipeline.annotations import CLASS_NAMES
 from wsi_pipeline.errors import ConfigError
 from wsi_pipeline.synth import (
     CLASSES, COMPONENTS, STAINS, Layout, PhantomSlides, components, make_layout, parse_stains, render_region,
@@ -197,7 +198,7 @@ def test_truth_geojson_follows_qupath_conventions(phantom: PhantomSlides) -> Non
         props = f["properties"]
         assert props["objectType"] == "annotation"
         cls = props["classification"]
-        assert cls["name"] == f"Glomerulus: {g.cls}"
+        assert cls["name"] == CLASS_NAMES[g.cls]  # the job's class names (wsi_pipeline.annotations)
         assert len(cls["color"]) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in cls["color"])
         names.add(cls["name"])
         poly = shape(f["geometry"])
@@ -207,7 +208,7 @@ def test_truth_geojson_follows_qupath_conventions(phantom: PhantomSlides) -> Non
         assert area_um2 == pytest.approx(poly.area * 1.0, rel=1e-3)
         assert area_um2 == pytest.approx(np.pi * g.radius**2, rel=0.05)
         assert "type" not in props
-    assert names == {"Glomerulus: noa", "Glomerulus: ss", "Glomerulus: gs"}
+    assert names == set(CLASS_NAMES.values())
     again = truth_features(make_layout(1024, seed=3, n_glomeruli=3, mpp=1.0))
     assert [f["id"] for f in again["features"]] == ids  # uuid5 from the seed: stable across runs
 

@@ -355,7 +355,9 @@ def test_read_region_path_matches_direct_decode(slide_path: Path, tmp_path: Path
 
     cfg = TileConfig(tile=256, mpp=mpp, compressor="none")
     tile_slide(slide_path, tmp_path / "fast.zarr", config=cfg, progress=False)
-    copied = tile_slide(slide_path, tmp_path / "copied.zarr", config=TileConfig(tile=256, mpp=mpp), progress=False)
+    # the JPEG copy at level 0 (exact pixels); resampled, the default (lossless) store
+    copying = TileConfig(tile=256, mpp=mpp, compressor="jpeg" if mpp is None else "zstd")
+    copied = tile_slide(slide_path, tmp_path / "copied.zarr", config=copying, progress=False)
     assert copied.copied == (mpp is None)
     for module in (run, tasks):
         monkeypatch.setattr(module, "worker_decoder", lambda slide, level: None)
@@ -380,7 +382,8 @@ def test_cli_bench_tiling(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     res = __import__("json").loads((out / "results.json").read_text())
     row = res["scaling"][0]
-    assert row["size"] == 3000 and row["tile"]["copied"] and row["tile_over_floor"] > 0
+    assert row["size"] == 3000 and row["tile-jpeg"]["copied"] and not row["tile"]["copied"]
+    assert row["tile_over_floor"] > 0 and row["tile"]["store_mb"] > row["tile-jpeg"]["store_mb"]
     assert 30 < row["tile"]["peak_rss_mib"] < 2000  # the measuring process's own high-water mark
     scanner = res["resampled"][0]["tile"]  # 0.2528 um/px, 4x levels: level 1 reduced 2x
     assert (scanner["level"], scanner["scale"]) == (1, 2.0)

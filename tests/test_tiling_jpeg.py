@@ -118,7 +118,8 @@ def test_plan_pyramid_copies_aligned_power_of_two_levels() -> None:
 @pytest.mark.parametrize(("tile", "task_px"), [(256, 2048), (512, 2048), (256, 256)])
 def test_copied_tiles_are_the_slides_pixels(slide_path: Path, tmp_path: Path, tile: int, task_px: int) -> None:
     store = tmp_path / "c.zarr"
-    res = tile_slide(slide_path, store, config=TileConfig(tile=tile, task_px=task_px), workers=2, progress=False)
+    res = tile_slide(slide_path, store, config=TileConfig(compressor="jpeg", tile=tile, task_px=task_px), workers=2,
+                     progress=False)
     assert res.copied and (res.level, res.scale, res.shape) == (0, 1.0, (H, W))
     group = zarr.open_group(store, mode="r")
     info = read_store_info(store)
@@ -160,7 +161,7 @@ def _tissue_map(store: Path, tile: int) -> np.ndarray:
 
 def test_aperio_4x_levels_are_copied(aperio4x_path: Path, tmp_path: Path) -> None:
     store = tmp_path / "a.zarr"
-    res = tile_slide(aperio4x_path, store, config=TileConfig(tile=256), progress=False)
+    res = tile_slide(aperio4x_path, store, config=TileConfig(compressor="jpeg", tile=256), progress=False)
     assert res.copied
     group = zarr.open_group(store, mode="r")
     info = read_store_info(store)
@@ -235,7 +236,7 @@ def test_plain_zarr_reads_the_store_in_a_fresh_process(slide_path: Path, tmp_pat
     import hashlib
 
     store = tmp_path / "s.zarr"
-    tile_slide(slide_path, store, config=TileConfig(tile=512), progress=False)
+    tile_slide(slide_path, store, config=TileConfig(compressor="jpeg", tile=512), progress=False)
     group = zarr.open_group(store, mode="r")
     want = hashlib.sha256(group["0"][:].tobytes() + group["1"][:].tobytes()).hexdigest()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -248,8 +249,8 @@ def test_plain_zarr_reads_the_store_in_a_fresh_process(slide_path: Path, tmp_pat
 # -- store options, resume -----------------------------------------------------------------------------------
 def test_settings_digest_covers_the_chunk_format(slide_path: Path, tmp_path: Path) -> None:
     store = tmp_path / "d.zarr"
-    tile_slide(slide_path, store, config=TileConfig(tile=256), progress=False)
-    for other in (TileConfig(tile=256, compressor="none"), TileConfig(tile=256, jpeg_quality=80)):
+    tile_slide(slide_path, store, config=TileConfig(compressor="jpeg", tile=256), progress=False)
+    for other in (TileConfig(tile=256, compressor="none"), TileConfig(compressor="jpeg", tile=256, jpeg_quality=80)):
         with pytest.raises(StoreError, match="settings digest"):
             tile_slide(slide_path, store, config=other, progress=False)
     raw = tile_slide(slide_path, store, config=TileConfig(tile=256, compressor="none"), overwrite=True,
@@ -278,12 +279,13 @@ def slow_write(path, data):  # copying is too quick to interrupt: same bytes, la
     time.sleep(0.02)
     write(path, data)
 tasks.write_atomic = slow_write
-tile_slide(sys.argv[1], sys.argv[2], config=TileConfig(tile=256, task_px=256), workers=1, progress=False)
+tile_slide(sys.argv[1], sys.argv[2], config=TileConfig(compressor="jpeg", tile=256, task_px=256), workers=1,
+           progress=False)
 """
 
 
 def test_kill_mid_copy_then_resume_is_byte_identical(slide_path: Path, tmp_path: Path) -> None:
-    cfg = TileConfig(tile=256, task_px=256)  # one chunk per block
+    cfg = TileConfig(compressor="jpeg", tile=256, task_px=256)  # one chunk per block
     reference = tmp_path / "ref.zarr"
     ref = tile_slide(slide_path, reference, config=cfg, workers=1, progress=False)
     assert ref.copied

@@ -18,6 +18,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from wsi_pipeline.annotations.geojson import CLASS_NAMES
 from wsi_pipeline.config import FrozenConfig, load_config
 from wsi_pipeline.infer.blend import WeightKind
 from wsi_pipeline.infer.tiled import TiledInferenceConfig
@@ -27,12 +28,9 @@ from wsi_pipeline.tiling.plan import TileConfig
 Task = Literal["segment", "classify", "translate", "full"]
 TASKS: tuple[str, ...] = ("full", "segment", "classify", "translate")
 
-#: G2C class codes (the classifier record's ``classes``) -> QuPath class names written to the GeoJSON
-DEFAULT_CLASS_NAMES: dict[str, str] = {
-    "noa": "Glomerulus: Non-sclerotic",
-    "ss": "Glomerulus: Segmental sclerosis",
-    "gs": "Glomerulus: Global sclerosis",
-}
+#: G2C class codes (the classifier record's ``classes``) -> QuPath class names written to the GeoJSON (the
+#: library's one set, shared with the phantom's truth files)
+DEFAULT_CLASS_NAMES: dict[str, str] = dict(CLASS_NAMES)
 
 
 class BlendSection(FrozenConfig):
@@ -122,6 +120,10 @@ class TranslateSection(BlendSection):
         "HE": "generator-PAS-HE", "MASSON": "generator-PAS-MASSON", "PASM": "generator-PAS-PASM"})
     tiff_tile: int = Field(256, ge=16)
     tiff_quality: int = Field(90, ge=1, le=100)
+    # source: the TIFF has the source slide's level-0 geometry (as QuPath shows it, bounds applied), the generated
+    # pixels upsampled (nearest), so it overlays the slide and the GeoJSON as they are; store: the tiled grid
+    # (segmentation resolution, 16x fewer pixels at 4x), coarser than the source, which its OME-XML says
+    tiff_geometry: Literal["source", "store"] = "source"
 
     @model_validator(mode="after")
     def _generators_known(self) -> TranslateSection:

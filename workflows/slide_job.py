@@ -10,14 +10,16 @@ as a Dask task; it never raises for a bad slide (status ``failed``, reason namin
 
     slide.zarr/              tiles at the segmentation resolution (+ pyramid), tissue mask
     slide.zarr/seg           (1, H, W) uint8 glomerulus probability x 255, tissue chunks only
-    slide.zarr/virtual/<S>   (3, H, W) uint8 virtual stain S (--task translate)
+    slide.zarr/labels/       OME-NGFF labels: tissue (thumbnail mask), glomeruli (probability >= threshold)
+    slide.zarr/virtual/<S>/0 (3, H, W) uint8 virtual stain S (--task translate); virtual/<S> is an NGFF image
     stages/<stage>.done.json completion markers (digest of settings + models + upstream), written last
     stages/polygons.geojson  unclassified glomeruli with segmentation confidence (ids kept downstream; read only
                              when a later run resumes after this stage)
     stages/classes.json      G2C result per glomerulus id (likewise)
     glomeruli.geojson        the QuPath FeatureCollection (DESIGN.md)
     overlay.png              thumbnail with the glomeruli coloured by class
-    virtual-<S>.ome.tif      pyramidal JPEG OME-TIFF of virtual stain S on the tiled grid (--task translate)
+    virtual-<S>.ome.tif      pyramidal JPEG OME-TIFF of virtual stain S (--task translate) on the source's level-0
+                             grid as QuPath shows it (translate.tiff_geometry: source), or the tiled grid (store)
 
 Tasks: ``full`` (default), ``segment`` (no classification), ``classify`` (areas from ``<stem>.geojson`` next to the
 slide or ``annotations``), ``translate`` (whole-slide virtual stains).
@@ -37,10 +39,11 @@ from typing import Any, TypeVar
 
 import dask
 
-from wsi_pipeline.annotations import Annotation, Feature, as_written, read_features, read_geojson, write_geojson
+from wsi_pipeline.annotations import GLOMERULUS, Annotation, Feature, as_written, is_glomerulus, read_features, \
+    read_geojson, write_geojson
 from wsi_pipeline.atomic import atomic_write_json, atomic_write_text
 from wsi_pipeline.errors import AnnotationError, NoTissueError, StoreError, WsiPipelineError
-from wsi_pipeline.export.tiff import write_pyramidal_tiff
+from wsi_pipeline.export.tiff import OmeInfo, write_pyramidal_tiff
 from wsi_pipeline.infer import TiledInferenceConfig
 from wsi_pipeline.stain.recognise import recognise_stain
 from wsi_pipeline.tiling import tile_slide, tissue_mask
@@ -191,9 +194,12 @@ class _SlideJob:
         if self.until == "tile":
             return
         seg_digest = digest_of("segment", tile_digest, seg.to_dict(), cfg.device)
-        self.stage("segment", seg_digest, lambda: ([self.store / "seg"], {
-            "seg_chunks": ops.segment(self.store, seg, tissue=plan.tissue, device=cfg.device,
-                                      scheduler=self.scheduler)}))
+        def segment() -> tuple[list[Path], dict[str, Any]]:
+            chunks = ops.segment(self.store, seg, tissue=plan.tissue, device=cfg.device, scheduler=self.scheduler)
+            label = ops.segmentation_label(self.store, plan.info, threshold=seg.threshold)
+            return [self.store / "seg", label], {"seg_chunks": chunks}
+
+        self.stage("segment", seg_digest, segment)
         poly_digest = digest_of("polygons", seg_digest, cfg.polygons.to_dict(), seg.min_area_um2)
         shapes = self.produce("polygons", poly_digest, self.slide_dir / STAGES_DIR / "polygons.geojson",
                               lambda: self.find_polygons(seg), save=_save_shapes, load=read_geojson)
@@ -206,10 +212,15 @@ class _SlideJob:
             models = {"segmenter": seg.weights.label, **cls.models}
             export_digest = digest_of("export", cls_digest, cfg.overlay_px, plan.offset)
         else:
-            final = [a.classified("Glomerulus") for a in shapes]
+            final = [a.classified(GLOMERULUS) for a in shapes]
             models = {"segmenter": seg.weights.label, "virtual_stains": ""}
             export_digest = digest_of("export-segment", poly_digest, cfg.overlay_px, plan.offset)
-        self.stage("export", export_digest, lambda: self.export(final, models))
+        self.stage("export", export_digest, lambda: self.export(self.with_tissue(final), models))
+
+    def with_tissue(self, annotations: list[Annotation]) -> list[Annotation]:
+        """The glomeruli and the store's tissue outline (class ``Tissue``), read only when the export runs."""
+        tissue = ops.tissue_annotation(self.plan.info)
+        return [*annotations, tissue] if tissue is not None else annotations
 
     def tile(self, mpp: float) -> str:
         plan = self.plan
@@ -293,12 +304,12 @@ class _SlideJob:
         src = self.annotation_file()
         offset = self.plan.offset
         items = read_features(src, bounds_offset=offset)
-        areas = [a for a in items if isinstance(a, Annotation)]
+        areas = [a for a in items if isinstance(a, Annotation) and is_glomerulus(a.classification)]
         cls = classifier_settings(self.config.classify, base_dir=self.config.base_dir)
         cls_digest = digest_of("classify-file", file_sha256(src), offset, cls.digest_parts, self.config.device)
         results = self.classify(cls_digest, areas, cls)
         final = [a.classified(results[a.id]["name"], measurements=results[a.id]["measurements"])
-                 if isinstance(a, Annotation) else a for a in items]
+                 if isinstance(a, Annotation) and a.id in results else a for a in items]
         models = {**cls.models, "annotations_source": src.name}
         self.stage("export", digest_of("export-classify", cls_digest, self.config.overlay_px, offset),
                    lambda: self.export(final, models))
@@ -310,7 +321,7 @@ class _SlideJob:
         for stain in t.stains:
             ref = resolve_weights(t.generators[stain], base_dir=self.config.base_dir)
             digest = digest_of("translate", tile_digest, stain, ref.sha256, inference.to_dict(), t.tiff_tile,
-                               t.tiff_quality, self.config.device)
+                               t.tiff_quality, t.tiff_geometry, self.plan.offset, self.config.device)
             self.stage(f"translate-{stain}", digest,
                        lambda s=stain, r=ref: self.write_virtual(s, r, inference))  # type: ignore[misc]
             self.outputs[f"virtual_{stain}"] = str(self.slide_dir / f"virtual-{stain}.ome.tif")
@@ -319,11 +330,11 @@ class _SlideJob:
                       inference: TiledInferenceConfig) -> tuple[list[Path], dict[str, Any]]:
         from wsi_pipeline.infer.translate import virtual_region
 
-        info, tissue = self.plan.info, self.plan.tissue
+        info, tissue, t = self.plan.info, self.plan.tissue, self.config.translate
         geometry = info.geometry
         with Stopwatch() as generator_time:
-            arr = ops.translate(self.store, stain, ref, inference, tissue=tissue, device=self.config.device,
-                                scheduler=self.scheduler)
+            arr = ops.translate(self.store, stain, ref, inference, info=info, tissue=tissue,
+                                device=self.config.device, scheduler=self.scheduler)
         geo = {"origin_level0": list(geometry.origin), "scale_level0": list(geometry.scale), "mpp": geometry.mpp,
                "shape": list(geometry.shape), "generator": ref.label}
         arr.attrs["geometry"] = geo
@@ -331,13 +342,41 @@ class _SlideJob:
         h, w = geometry.shape
         with Stopwatch() as tiff_time:
             mask, step = tissue_mask(self.store, info)
-            region = virtual_region(arr, tissue=tissue, tissue_mask=mask, mask_step=step)
-            write_pyramidal_tiff(tif, region, size=(w, h), mpp=geometry.mpp,
-                                 tile=self.config.translate.tiff_tile, quality=self.config.translate.tiff_quality,
-                                 flavor="ome", description_extra=f"{slide_stem(self.path)} virtual {stain}")
+            grid = virtual_region(arr, tissue=tissue, tissue_mask=mask, mask_step=step)
+            region, size, mpp, ome = self.virtual_geometry(stain, grid, ref)
+            write_pyramidal_tiff(tif, region, size=size, mpp=mpp, tile=t.tiff_tile, quality=t.tiff_quality,
+                                 flavor="ome", description_extra=f"{slide_stem(self.path)} virtual {stain}", ome=ome)
         return [self.store / "virtual" / stain, tif], {
-            f"virtual_{stain}_px": [w, h], f"virtual_{stain}_generator_s": round(generator_time.seconds, 3),
+            f"virtual_{stain}_px": list(size), f"virtual_{stain}_generator_s": round(generator_time.seconds, 3),
             f"virtual_{stain}_tiff_s": round(tiff_time.seconds, 3)}
+
+    def virtual_geometry(self, stain: str, grid: Callable[[int, int, int, int], Any],
+                         ref: WeightsRef) -> tuple[Callable[[int, int, int, int], Any], tuple[int, int], float | None,
+                                                   OmeInfo]:
+        """The virtual stain's TIFF geometry: the source's level 0 as QuPath shows it (``tiff_geometry: source``,
+        the tiled grid upsampled, nearest) or the tiled grid itself (``store``: coarser, said in the OME-XML)."""
+        from wsi_pipeline.infer.translate import level0_region
+
+        plan, geometry = self.plan, self.plan.info.geometry
+        h, w = geometry.shape
+        (sx, sy), (bx, by) = geometry.scale, plan.offset
+        mpp0 = (plan.mpp0[0] + plan.mpp0[1]) / 2
+        power = plan.slide.objective_power
+        notes = {"stain": stain, "generator": ref.label, "source": plan.path.name,
+                 "generated_um_per_px": f"{geometry.mpp:.6g}" if geometry.mpp else "unknown",
+                 "bounds_offset": f"{bx},{by}"}
+        if self.config.translate.tiff_geometry == "source":
+            size = (plan.slide.bounds[2], plan.slide.bounds[3]) if plan.slide.bounds else plan.level0_size
+            region = level0_region(grid, grid_size=(w, h), origin=(geometry.origin[0] - bx, geometry.origin[1] - by),
+                                   scale=(sx, sy))
+            notes["geometry"] = ("level 0 of the source slide as QuPath shows it: the GeoJSON overlays it as it is; "
+                                 f"pixels generated at {sx:.4g}x coarser, upsampled (nearest)")
+            return region, (int(size[0]), int(size[1])), mpp0, OmeInfo(f"{stain} (virtual)", power, notes)
+        notes["geometry"] = (f"coarser than the source: pixel (x, y) covers source level-0 pixels from "
+                             f"({geometry.origin[0] - bx:g} + {sx:.6g} x, {geometry.origin[1] - by:g} + {sy:.6g} y) "
+                             "in QuPath coordinates; divide GeoJSON coordinates accordingly")
+        notes["level0_downsample"] = f"{sx:.6g},{sy:.6g}"
+        return grid, (w, h), geometry.mpp, OmeInfo(f"{stain} (virtual)", power / sx if power else None, notes)
 
 
 def _save_shapes(path: Path, shapes: list[Annotation]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -16,10 +17,11 @@ from typing import Any, cast
 import numpy as np
 import zarr
 from numpy.typing import NDArray
+from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
 from wsi_pipeline import __version__
-from wsi_pipeline.annotations import Annotation, class_color, mean_inside, polygons_from_zarr
+from wsi_pipeline.annotations import TISSUE, Annotation, class_color, is_glomerulus, mean_inside, polygons_from_zarr
 from wsi_pipeline.infer import TiledInferenceConfig, predict_zarr
 from wsi_pipeline.infer.classify import CropSpec, class_measurements, decide, g2c_probabilities
 from wsi_pipeline.infer.crops import read_glomerulus_crops
@@ -27,7 +29,9 @@ from wsi_pipeline.infer.layout import Layout
 from wsi_pipeline.infer.loaders import generator_predictor, segmenter_predictor
 from wsi_pipeline.overlay import render_overlay, save_png
 from wsi_pipeline.slide import Slide
-from wsi_pipeline.tiling import StoreGeometry
+from wsi_pipeline.tiling import StoreGeometry, StoreInfo
+from wsi_pipeline.tiling.ngff import GLOMERULI_LABEL, label_levels, write_multiscales
+from wsi_pipeline.tiling.store import ngff_translation, write_ngff_label
 from wsi_pipeline.weights import WeightsRef
 
 from .slide_plan import ClassifierSettings, SegSettings
@@ -45,6 +49,15 @@ def segment(store: Path, settings: SegSettings, *, tissue: NDArray[np.bool_], de
                        name="seg", chunk_mask=tissue, scheduler=scheduler)
     out.attrs["weights_sha256"] = settings.weights.sha256
     return int(cast(int, out.attrs["chunks_written"]))  # zarr types attrs as any JSON value
+
+
+def segmentation_label(store: Path, info: StoreInfo, *, threshold: float) -> Path:
+    """OME-NGFF label image ``labels/glomeruli`` of ``store/seg``: 1 where the probability reaches ``threshold``
+    (the polygons' rule), on every level of the image pyramid."""
+    seg = zarr.open_array(str(store / "seg"), mode="r")
+    level0 = np.asarray(seg[0]) >= threshold * 255.0
+    levels = label_levels(level0, [lv.shape for lv in info.pyramid], [lv.factor for lv in info.pyramid])
+    return write_ngff_label(store, info, GLOMERULI_LABEL, levels)
 
 
 def polygons(store: Path, settings: SegSettings, geometry: StoreGeometry, *, mpp0: tuple[float, float],
@@ -93,23 +106,39 @@ def classify(slide: Slide, shapes: Sequence[BaseGeometry], settings: ClassifierS
     return out
 
 
-def translate(store: Path, stain: str, ref: WeightsRef, inference: TiledInferenceConfig, *,
+def translate(store: Path, stain: str, ref: WeightsRef, inference: TiledInferenceConfig, *, info: StoreInfo,
               tissue: NDArray[np.bool_], device: str, scheduler: str | None) -> zarr.Array:
-    """Blended whole-slide generator pass of ``store/0`` into ``store/virtual/<stain>`` ((3, H, W) uint8)."""
+    """Blended whole-slide generator pass of ``store/0`` into ``store/virtual/<stain>/0`` ((3, H, W) uint8), the
+    group ``virtual/<stain>`` an OME-NGFF image on the store's level-"0" grid."""
     factory = functools.partial(generator_predictor, str(ref.path), ref.sha256, device)
     src = zarr.open_array(str(store / "0"), mode="r")
-    group = zarr.open_group(str(store), mode="a").require_group("virtual")
-    out = predict_zarr(src, group, predictor_factory=factory, config=inference, out_channels=3, name=stain,
+    group = zarr.open_group(str(store), mode="a").require_group(f"virtual/{stain}")
+    out = predict_zarr(src, group, predictor_factory=factory, config=inference, out_channels=3, name="0",
                        chunk_mask=tissue, scheduler=scheduler)
     out.attrs["weights_sha256"] = ref.sha256
+    write_multiscales(group, name=f"virtual {stain}", factors=[1], mpp=info.geometry.mpp,
+                      translation=ngff_translation(info), channels=(("R", "FF0000"), ("G", "00FF00"), ("B", "0000FF")))
     return out
 
 
 # -- outputs ---------------------------------------------------------------------------------------------------------
+def tissue_annotation(info: StoreInfo) -> Annotation | None:
+    """The tissue outline tiling found (level-0) as its own annotation of class ``Tissue``; its id is derived from
+    the store's settings digest, so a re-run writes the same feature."""
+    outline = info.tissue.polygons_level0
+    geom = shape(outline) if outline else None
+    if geom is None or geom.is_empty:
+        return None
+    uid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"wsi-pipeline:tissue:{info.settings_digest}"))
+    return Annotation(geom, id=uid, classification=TISSUE, properties={"name": "Tissue"})
+
+
+
 def write_overlay(path: Path, slide: Slide, annotations: Sequence[Annotation], *, max_px: int) -> Path:
     """``overlay.png``: the slide's thumbnail with the (level-0) annotations drawn in their class colours."""
     thumb = slide.thumbnail(max_px)
     w0, h0 = slide.dimensions
+    annotations = [a for a in annotations if is_glomerulus(a.classification)]  # the tissue outline is not drawn
     items = [(a.geometry, a.classification) for a in annotations]
     colours = {a.classification: (a.color or class_color(a.classification)) for a in annotations
                if a.classification is not None}
@@ -128,5 +157,5 @@ def base_metadata(slide: Slide, *, mpp_override: float | None, bounds_offset: tu
             "bounds_offset": f"{bounds_offset[0]},{bounds_offset[1]}"}
 
 
-__all__ = ["base_metadata", "classify", "polygons", "read_crops", "seg_confidence", "segment", "translate",
-           "write_overlay"]
+__all__ = ["base_metadata", "classify", "polygons", "read_crops", "seg_confidence", "segment", "segmentation_label",
+           "tissue_annotation", "translate", "write_overlay"]

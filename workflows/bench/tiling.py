@@ -125,13 +125,13 @@ def measure(kind: str, slide_path: Path, *, tile: int, workers: int, scratch: Pa
     extra: dict[str, Any] = {"level": plan.level, "scale": plan.scale, "detect_s": work["detect_s"]}
     cpu0 = _cpu_seconds()
     t0 = time.perf_counter()
-    if kind in ("tile", "tile-level0", "tile-raw"):
+    if kind in ("tile", "tile-jpeg", "tile-level0", "tile-raw"):
         from wsi_pipeline.tiling import TileConfig, tile_slide
 
         store = scratch / "bench.zarr"
         shutil.rmtree(store, ignore_errors=True)
-        cfg = TileConfig(tile=tile, mpp=mpp, pyramid=kind != "tile-level0",
-                         compressor="none" if kind == "tile-raw" else "auto")
+        compressor = {"tile-raw": "none", "tile-jpeg": "jpeg"}.get(kind, TileConfig().compressor)
+        cfg = TileConfig(tile=tile, mpp=mpp, pyramid=kind != "tile-level0", compressor=compressor)
         t0 = time.perf_counter()
         res = tile_slide(slide_path, store, config=cfg, workers=workers, progress=False)
         seconds = time.perf_counter() - t0
@@ -247,11 +247,13 @@ METHODOLOGY = (
     "call, tissue detection and store creation included). All kinds process the same pixels: the source-level "
     "boxes of the tissue chunks. floor = read + decode every stored tile those boxes touch (imagecodecs, into a "
     "reused buffer per thread, WORKERS threads, nothing else); tile = tile_slide with the pyramid and the default "
-    "compressor 'auto' (the slide's JPEG tiles copied into the chunks where they line up, nothing decoded; "
-    "decoded raw pixels otherwise); tile-level0 = the same without the pyramid; tile-raw = compressor 'none' "
-    "(every tile decoded, lossless raw chunks, 2x-mean pyramid: the previous format); openslide = one-thread "
-    "read_region loop over the boxes. os.sync() (untimed) before each measurement. Kinds are interleaved (floor, "
-    "tile, tile-level0, tile-raw, openslide, floor, ...) REPS times; the table gives the fastest run of each kind "
+    "compressor 'zstd' (every tile decoded, lossless, blosc-zstd chunks: zarr v3 core codecs, any reader); "
+    "tile-jpeg = compressor 'jpeg' (the slide's JPEG tiles copied into the chunks where they line up, nothing "
+    "decoded, JPEG-encoded otherwise: codec wsi_pipeline.jpeg, the default before issue 15); tile-level0 = "
+    "the default without the pyramid; tile-raw = compressor 'none' (lossless, uncompressed); openslide = "
+    "one-thread read_region loop over the boxes. os.sync() (untimed) before each measurement. Kinds are "
+    "interleaved (floor, tile, tile-jpeg, tile-level0, tile-raw, openslide, floor, ...) REPS times; the table "
+    "gives the fastest run of each kind "
     "and ratios of those bests, with the 1-minute load average range seen during the runs (the machine is shared: "
     "other processes compete for the same cores). CPU s = user + system seconds of the timed part (all threads), "
     "the least of the runs: less sensitive to load than wall time. store MB = bytes tiling wrote.")
@@ -305,7 +307,8 @@ def main(argv: list[str] | None = None) -> None:
     compare = [("PAS patch", pas_slide(slides_dir, args.compare_size))] if args.compare_size else []
     if args.phantom_size:
         compare.insert(0, ("phantom", phantom_slide(slides_dir, args.phantom_size)))
-    kinds = ["floor", "tile", "tile-level0", "tile-raw", "openslide"] + (["tile-processes"] if args.processes else [])
+    kinds = ["floor", "tile", "tile-jpeg", "tile-level0", "tile-raw", "openslide"]
+    kinds += ["tile-processes"] if args.processes else []
     for label, slide in compare:
         print(f"{label}: {slide}", flush=True)
         results["compare"].append({"label": label, **_best_of(kinds, slide, args, reps=args.reps)})
@@ -313,19 +316,19 @@ def main(argv: list[str] | None = None) -> None:
         for label, slide in compare:
             print(f"{label} at {mpp} um/px: {slide}", flush=True)
             results["resampled"].append({"label": label, "mpp": mpp,
-                                         **_best_of(["floor", "tile", "openslide"], slide, args, mpp=mpp,
+                                         **_best_of(["floor", "tile", "tile-jpeg", "openslide"], slide, args, mpp=mpp,
                                                     reps=args.reps)})
     if args.scanner_size:
         scanner = pas_slide(slides_dir, args.scanner_size, mpp=SCANNER_MPP, level_step=4)
         for mpp in [float(m) for m in args.scanner_mpp.split(",") if m]:
             print(f"scanner-like PAS at {mpp} um/px: {scanner}", flush=True)
             results["resampled"].append({"label": "scanner-like PAS", "mpp": mpp,
-                                         **_best_of(["floor", "tile", "openslide"], scanner, args, mpp=mpp,
+                                         **_best_of(["floor", "tile", "tile-jpeg", "openslide"], scanner, args, mpp=mpp,
                                                     reps=args.reps)})
     for size in sizes:
         slide = pas_slide(slides_dir, size)
         print(f"scaling {size}: {slide}", flush=True)
-        results["scaling"].append({"size": size, **_best_of(["floor", "tile"], slide, args,
+        results["scaling"].append({"size": size, **_best_of(["floor", "tile", "tile-jpeg"], slide, args,
                                                             reps=args.scaling_reps)})
     results["load_avg_end"] = os.getloadavg()
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
@@ -350,44 +353,50 @@ def _markdown(res: dict[str, Any]) -> str:
              f"{res['load_avg_start'][0]:.1f} at start, {res['load_avg_end'][0]:.1f} at end; stores written to "
              f"{res['store_dir']}", "", "Method: " + res["methodology"], "",
              "| slide | tissue MPix | floor (decode) MPix/s | tiling MPix/s | tiling, no pyramid MPix/s "
-             "| tiling raw (lossless) MPix/s | openslide loop (1 thread) MPix/s | tiling/floor | no pyramid/floor "
-             "| raw/floor | tiling/openslide | CPU s floor / tiling | store MB tiling / raw | peak RSS tiling MiB "
-             "| load avg (1 min) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| tiling JPEG copy MPix/s | tiling raw (uncompressed) MPix/s | openslide loop (1 thread) MPix/s "
+             "| tiling/floor | JPEG copy/floor | no pyramid/floor | raw/floor | tiling/openslide "
+             "| CPU s floor / tiling "
+             "| store MB tiling / JPEG copy / raw | peak RSS tiling MiB | load avg (1 min) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in res["compare"]:
         t = row["tile"]
         lines.append(f"| {row['label']} ({t['slide']}) | {t['mpix']:.0f} "
                      f"| {row['floor']['mpix_per_s']:.1f} | {t['mpix_per_s']:.1f} "
-                     f"| {row['tile-level0']['mpix_per_s']:.1f} | {row['tile-raw']['mpix_per_s']:.1f} "
-                     f"| {row['openslide']['mpix_per_s']:.1f} "
-                     f"| {row['tile_over_floor']:.2f} | {row['tile-level0_over_floor']:.2f} "
+                     f"| {row['tile-level0']['mpix_per_s']:.1f} | {row['tile-jpeg']['mpix_per_s']:.1f} "
+                     f"| {row['tile-raw']['mpix_per_s']:.1f} | {row['openslide']['mpix_per_s']:.1f} "
+                     f"| {row['tile_over_floor']:.2f} | {row['tile-jpeg_over_floor']:.2f} "
+                     f"| {row['tile-level0_over_floor']:.2f} "
                      f"| {row['tile-raw_over_floor']:.2f} | {row['tile_over_openslide']:.1f}x | {_cpu(row)} "
-                     f"| {t['store_mb']:.0f} / {row['tile-raw']['store_mb']:.0f} "
+                     f"| {t['store_mb']:.1f} / {row['tile-jpeg']['store_mb']:.1f} / {row['tile-raw']['store_mb']:.1f} "
                      f"| {t['peak_rss_mib_max']:.0f} | {_loads(row)} |")
     if res["resampled"]:
         lines += ["", "At a coarser target resolution (MPix = source-level pixels read: the tissue chunks' source "
-                  "boxes on the pyramid level tiling picks; floor = decoding that level's tiles; copied = the "
-                  "level's JPEG tiles copied, no resampling):", "",
+                  "boxes on the pyramid level tiling picks; floor = decoding that level's tiles; copied = the JPEG "
+                  "copy (tile-jpeg) copies that level's JPEG tiles, no resampling):", "",
                   "| slide | target um/px | source level (scale) | copied | source MPix | floor MPix/s "
-                  "| tiling MPix/s | openslide loop MPix/s | tiling/floor | tiling/openslide "
-                  "| tissue detection s (in tiling) | peak RSS MiB | load avg |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| tiling MPix/s | JPEG copy MPix/s | openslide loop MPix/s | tiling/floor | tiling/openslide "
+                  "| store MB tiling / JPEG copy | tissue detection s (in tiling) | peak RSS MiB | load avg |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for row in res["resampled"]:
             t = row["tile"]
             lines.append(f"| {row['label']} ({t['slide']}) | {row['mpp']} | {t['level']} ({t['scale']:.3g}) "
-                         f"| {'yes' if t.get('copied') else 'no'} "
+                         f"| {'yes' if row['tile-jpeg'].get('copied') else 'no'} "
                          f"| {t['mpix']:.0f} | {row['floor']['mpix_per_s']:.1f} | {t['mpix_per_s']:.1f} "
+                         f"| {row['tile-jpeg']['mpix_per_s']:.1f} "
                          f"| {row['openslide']['mpix_per_s']:.1f} | {row['tile_over_floor']:.2f} "
-                         f"| {row['tile_over_openslide']:.1f}x | {t.get('detect_s', float('nan')):.2f} "
+                         f"| {row['tile_over_openslide']:.1f}x "
+                         f"| {t['store_mb']:.1f} / {row['tile-jpeg']['store_mb']:.1f} "
+                         f"| {t.get('detect_s', float('nan')):.2f} "
                          f"| {t['peak_rss_mib_max']:.0f} | {_loads(row)} |")
     lines += ["", "| size | tissue MPix | tiling s | tiling MPix/s | floor MPix/s | tiling/floor "
-              "| CPU s floor / tiling | store MB | peak RSS MiB | load avg |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "| CPU s floor / tiling | JPEG copy s | store MB tiling / JPEG copy | peak RSS MiB | load avg |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in res["scaling"]:
         t = row["tile"]
         lines.append(f"| {row['size']} | {t['mpix']:.0f} | {t['seconds']:.2f} | {t['mpix_per_s']:.1f} "
                      f"| {row['floor']['mpix_per_s']:.1f} | {row['tile_over_floor']:.2f} | {_cpu(row)} "
-                     f"| {t['store_mb']:.0f} | {t['peak_rss_mib_max']:.0f} | {_loads(row)} |")
+                     f"| {row['tile-jpeg']['seconds']:.2f} | {t['store_mb']:.1f} / {row['tile-jpeg']['store_mb']:.1f} "
+                     f"| {t['peak_rss_mib_max']:.0f} | {_loads(row)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -2,6 +2,11 @@
 
 from .geojson import (
     CLASS_COLORS,
+    CLASS_NAMES,
+    GLOMERULUS,
+    TISSUE,
+    class_code,
+    is_glomerulus,
     Annotation,
     annotations_from_polygons,
     as_written,
@@ -29,6 +34,11 @@ from .polygons import (
 
 __all__ = [
     "CLASS_COLORS",
+    "CLASS_NAMES",
+    "GLOMERULUS",
+    "TISSUE",
+    "class_code",
+    "is_glomerulus",
     "Annotation",
     "DetectionScores",
     "Feature",

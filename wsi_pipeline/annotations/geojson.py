@@ -39,13 +39,42 @@ from .polygons import GRID, snap_valid
 
 RGB = tuple[int, int, int]
 
+#: The QuPath class names of the glomerulus classes (G2C codes ``noa`` / ``ss`` / ``gs``): the one set the job's
+#: GeoJSON, the phantom's truth files and the docs use
+CLASS_NAMES: dict[str, str] = {
+    "noa": "Glomerulus: Non-sclerotic",
+    "ss": "Glomerulus: Segmental sclerosis",
+    "gs": "Glomerulus: Global sclerosis",
+}
+GLOMERULUS = "Glomerulus"  # a detected glomerulus not classified (``--task segment``)
+TISSUE = "Tissue"  # the tissue outline the job found (its own annotation, not a glomerulus)
+
 #: Colours of the classes this pipeline writes; other names get a stable colour from their hash.
 CLASS_COLORS: dict[str, RGB] = {
-    "Glomerulus": (0, 160, 80),
-    "Glomerulus: Non-sclerotic": (40, 170, 60),
-    "Glomerulus: Segmental sclerosis": (240, 160, 20),
-    "Glomerulus: Global sclerosis": (200, 40, 40),
+    GLOMERULUS: (0, 160, 80),
+    CLASS_NAMES["noa"]: (40, 170, 60),
+    CLASS_NAMES["ss"]: (240, 160, 20),
+    CLASS_NAMES["gs"]: (200, 40, 40),
+    TISSUE: (120, 120, 200),
 }
+
+
+def class_code(name: str | None) -> str | None:
+    """The class code of a QuPath class name (``"Glomerulus: Global sclerosis"`` -> ``"gs"``); the code itself
+    after ``"Glomerulus: "`` is accepted too (``"Glomerulus: gs"``, truth files before the names were unified).
+
+    >>> class_code("Glomerulus: Segmental sclerosis"), class_code("Glomerulus: noa"), class_code("Tissue")
+    ('ss', 'noa', None)
+    """
+    for code, full in CLASS_NAMES.items():
+        if name == full or name == f"{GLOMERULUS}: {code}":
+            return code
+    return None
+
+
+def is_glomerulus(classification: str | None) -> bool:
+    """Whether an annotation of this class is a glomerulus (anything but the tissue outline)."""
+    return classification != TISSUE
 
 
 def class_color(name: str) -> RGB:

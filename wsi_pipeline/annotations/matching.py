@@ -23,6 +23,8 @@ from shapely.geometry.base import BaseGeometry
 from shapely.ops import unary_union
 from shapely.strtree import STRtree
 
+from .geojson import class_code, is_glomerulus
+
 __all__ = ["DetectionScores", "evaluate_geojson", "greedy_pairs", "match_polygons", "polygon_detection_scores",
            "polygon_iou", "ratio"]
 
@@ -124,11 +126,11 @@ def evaluate_geojson(pred_geojson: str | Path, truth_geojson: str | Path, *,
     and the class accuracy of the matched pairs (the same pairs the detection counts).
 
     ``class_pairs`` lists ``(truth code, predicted code)`` of every matched, classified glomerulus. A predicted
-    class is the largest of its ``p_<code>`` measurements; the truth's is the code after ``": "`` in its class name
-    (``"Glomerulus: gs"``).
+    class is the largest of its ``p_<code>`` measurements; the truth's is its class name's code (:func:`class_code`).
+    Annotations of class ``Tissue`` (the tissue outline) are not glomeruli and are left out on both sides.
     """
-    pred = json.loads(Path(pred_geojson).read_text(encoding="utf-8"))["features"]
-    truth = json.loads(Path(truth_geojson).read_text(encoding="utf-8"))["features"]
+    pred, truth = (_glomeruli(json.loads(Path(p).read_text(encoding="utf-8"))["features"])
+                   for p in (pred_geojson, truth_geojson))
     pg, tg = [shape(f["geometry"]) for f in pred], [shape(f["geometry"]) for f in truth]
     pairs = match_polygons(pg, tg, iou_threshold=iou_threshold)
     scores = DetectionScores.of_pairs(pairs, len(pg), len(tg))
@@ -139,9 +141,14 @@ def evaluate_geojson(pred_geojson: str | Path, truth_geojson: str | Path, *,
         probs = {k[2:]: v for k, v in (pred[i]["properties"].get("measurements") or {}).items() if k.startswith("p_")}
         if not probs:
             continue
-        truth_code = str(truth[j]["properties"]["classification"]["name"]).split(": ")[-1]
-        classes.append((truth_code, max(probs, key=probs.__getitem__)))
+        name = str(truth[j]["properties"]["classification"]["name"])
+        classes.append((class_code(name) or name.split(": ")[-1], max(probs, key=probs.__getitem__)))
     correct = sum(t == p for t, p in classes)
     return {"f1": scores.f1, "precision": scores.precision, "recall": scores.recall, "tp": scores.tp,
             "fp": scores.fp, "fn": scores.fn, "mean_iou": scores.mean_iou, "dice": dice, "classified": len(classes),
             "class_accuracy": correct / len(classes) if classes else None, "class_pairs": classes}
+
+
+def _glomeruli(features: list[Any]) -> list[Any]:
+    return [f for f in features
+            if is_glomerulus(((f.get("properties") or {}).get("classification") or {}).get("name"))]

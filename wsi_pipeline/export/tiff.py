@@ -1,4 +1,8 @@
-"""Streaming pyramidal TIFF writer: Aperio-style SVS, OME-TIFF (SubIFD pyramid) or plain pyramidal TIFF.
+"""Streaming pyramidal TIFF writer: Aperio-style SVS, OME-TIFF or plain pyramidal TIFF.
+
+The OME-TIFF keeps its reduced levels in the main IFD chain (NewSubfileType 1), where openslide reads a pyramid,
+and lists the same IFDs in level 0's SubIFDs tag, where OME readers (tifffile, tiffslide, Bio-Formats / QuPath)
+read it: one copy of each level, every reader sees the same level count and sizes.
 
 Level 0 is pulled from a ``region(x, y, w, h)`` callback one tile row at a time and handed to tifffile as a tile
 iterator; while a level is written, its 2x box-downsample goes to a raw temporary file next to the output, and the
@@ -15,8 +19,12 @@ from __future__ import annotations
 
 import math
 import os
+import struct
 import tempfile
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from xml.sax.saxutils import escape as xml_escape
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
@@ -185,14 +193,16 @@ def _file_reader(path: Path, size: tuple[int, int]) -> tuple[Callable[[int, int]
 def write_pyramidal_tiff(path: str | os.PathLike[str], region: Region, *, size: tuple[int, int],
                          mpp: float | None, tile: int = 256, compression: str = "jpeg", quality: int = 90,
                          flavor: Flavor = "svs", min_level_size: int = 512, level_step: int = 2,
-                         description_extra: str = "", progress: bool = False) -> Path:
+                         description_extra: str = "", progress: bool = False,
+                         ome: OmeInfo | None = None) -> Path:
     """Write a tiled pyramidal TIFF whose level-0 pixels come from ``region(x, y, w, h) -> uint8 HxWx3``.
 
     ``flavor="svs"``: Aperio layout (level 0, stripped thumbnail, reduced levels as top-level IFDs) that openslide
     reads as vendor ``aperio``; ``"ome"``: OME-XML with ``PhysicalSizeX/Y`` in um and the pyramid in SubIFDs;
     ``"tiff"``: plain pyramidal TIFF (reduced levels as top-level IFDs). ``description_extra``: for SVS more
     ``key = value`` fields joined by ``|`` (openslide lists them as ``aperio.<key>``); for OME the image name.
-    ``level_step``: 2 (every 2x level) or 4 (what Aperio scanners write: 1x, 4x, 16x, ...). Returns the final path.
+    ``level_step``: 2 (every 2x level) or 4 (what Aperio scanners write: 1x, 4x, 16x, ...). ``ome``: channel name,
+    objective power and key-value annotations for the OME-XML. Returns the final path.
     """
     if level_step not in (2, 4):
         raise ConfigError(f"level_step={level_step!r}: expected 2 or 4")
@@ -212,7 +222,10 @@ def write_pyramidal_tiff(path: str | os.PathLike[str], region: Region, *, size: 
         with atomic_output(out) as tmp, \
                 tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as scratch:
             _write(tmp, region, sizes, Path(scratch), mpp=mpp, tile=tile, compression=compression,
-                   quality=quality, flavor=flavor, extra=description_extra, progress=bar, step=level_step)
+                   quality=quality, flavor=flavor, extra=description_extra, progress=bar, step=level_step,
+                   ome=ome or OmeInfo())
+            if flavor == "ome" and len(sizes) > 1:
+                _link_subifds(tmp)
     finally:
         if bar is not None:
             bar.close()
@@ -221,7 +234,7 @@ def write_pyramidal_tiff(path: str | os.PathLike[str], region: Region, *, size: 
 
 def _write(tmp: Path, region: Region, sizes: list[tuple[int, int]], scratch: Path, *, mpp: float | None,
            tile: int, compression: str, quality: int, flavor: str, extra: str, progress: object | None,
-           step: int = 2) -> None:
+           step: int = 2, ome: OmeInfo) -> None:
     comp = None if compression == "none" else compression
     cargs = {"level": quality} if compression == "jpeg" else None
     common: dict[str, Any] = dict(tile=(tile, tile), photometric="rgb", compression=comp, compressionargs=cargs,
@@ -236,7 +249,8 @@ def _write(tmp: Path, region: Region, sizes: list[tuple[int, int]], scratch: Pat
         thumb_factor = 1
         while max(sizes[0]) / thumb_factor > _THUMB_MAX:
             thumb_factor *= 2
-    with tifffile.TiffWriter(tmp, bigtiff=sizes[0][0] * sizes[0][1] * 3 > 2**31, ome=flavor == "ome") as tif:
+    bigtiff = sizes[0][0] * sizes[0][1] * 3 > 2**31
+    with tifffile.TiffWriter(tmp, bigtiff=bigtiff, ome=False) as tif:
         reader = _region_reader(region, sizes[0][0], tile)
         handle: BinaryIO | None = None
         for level, lsize in enumerate(sizes):
@@ -249,7 +263,8 @@ def _write(tmp: Path, region: Region, sizes: list[tuple[int, int]], scratch: Pat
                 ds = sizes[0][0] / lsize[0]
                 kwargs.update(resolution=(resolution[0] / ds, resolution[1] / ds), resolutionunit="CENTIMETER")
             if level == 0 and flavor == "ome":
-                kwargs.update(subifds=len(sizes) - 1, metadata=_ome_metadata(mpp, extra))
+                kwargs["description"] = ome_xml(sizes[0], mpp=mpp, name=extra or "image", info=ome)
+                kwargs["subifds"] = len(sizes) - 1  # _link_subifds then chains them into the main IFD chain too
             elif level == 0:
                 kwargs["description"] = _description(sizes[0], flavor, mpp=mpp, tile=tile, quality=quality,
                                                      compression=compression, extra=extra)
@@ -286,12 +301,63 @@ def _description(size: tuple[int, int], flavor: str, *, mpp: float | None, tile:
     return extra or f"wsi-pipeline {__version__}"
 
 
-def _ome_metadata(mpp: float | None, extra: str) -> dict[str, object]:
-    """What tifffile turns into OME-XML (PhysicalSize in um, the OME default unit)."""
-    meta: dict[str, object] = {"axes": "YXS", "Name": extra or "image"}
-    if mpp is not None:
-        meta.update(PhysicalSizeX=mpp, PhysicalSizeXUnit="µm", PhysicalSizeY=mpp, PhysicalSizeYUnit="µm")
-    return meta
+@dataclass(frozen=True)
+class OmeInfo:
+    """What the OME-XML says beyond the pixels: the channel's name, the objective, free key-value pairs."""
+
+    channel: str = "RGB"
+    objective_power: float | None = None  # None: 10 / mpp (0.25 um/px = 40x), when the MPP is known
+    annotations: Mapping[str, str] = field(default_factory=dict)  # an OME MapAnnotation on the image
 
 
-__all__ = ["Region", "aperio_description", "downsample2", "level0_boxes", "level_sizes", "write_pyramidal_tiff"]
+def ome_xml(size: tuple[int, int], *, mpp: float | None, name: str, info: OmeInfo) -> str:
+    """OME-XML (2016-06) for one interleaved RGB uint8 image in IFD 0: physical size, objective, channel name.
+
+    >>> 'NominalMagnification="20"' in ome_xml((10, 10), mpp=0.5, name="x", info=OmeInfo(channel="HE"))
+    True
+    """
+    w, h = size
+    power = info.objective_power if info.objective_power is not None else (10.0 / mpp if mpp else None)
+    a = xml_escape
+    phys = (f' PhysicalSizeX="{mpp:.9g}" PhysicalSizeXUnit="&#181;m" PhysicalSizeY="{mpp:.9g}" '
+            f'PhysicalSizeYUnit="&#181;m"' if mpp is not None else "")
+    instrument = (f'<Instrument ID="Instrument:0"><Objective ID="Objective:0:0" NominalMagnification="{power:g}"/>'
+                  f'</Instrument>' if power is not None else "")
+    refs = '<InstrumentRef ID="Instrument:0"/><ObjectiveSettings ID="Objective:0:0"/>' if power is not None else ""
+    notes = "".join(f'<M K="{a(str(k), {chr(34): "&quot;"})}">{a(str(v))}</M>' for k, v in info.annotations.items())
+    ann_ref = '<AnnotationRef ID="Annotation:0"/>' if notes else ""
+    structured = (f'<StructuredAnnotations><MapAnnotation ID="Annotation:0" '
+                  f'Namespace="wsi-pipeline"><Value>{notes}</Value></MapAnnotation></StructuredAnnotations>'
+                  if notes else "")
+    xml = ('<?xml version="1.0" encoding="UTF-8"?>'
+            '<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06" '
+            'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '
+            'xsi:schemaLocation="http://www.openmicroscopy.org/Schemas/OME/2016-06 '
+            'http://www.openmicroscopy.org/Schemas/OME/2016-06/ome.xsd" '
+            f'UUID="urn:uuid:{uuid.uuid4()}" Creator="wsi-pipeline {__version__}">'
+            f'{instrument}<Image ID="Image:0" Name="{a(name, {chr(34): "&quot;"})}">{refs}'
+            f'<Pixels ID="Pixels:0" DimensionOrder="XYCZT" Type="uint8" SizeX="{w}" SizeY="{h}" SizeC="3" '
+            f'SizeZ="1" SizeT="1" Interleaved="true" SignificantBits="8"{phys}>'
+            f'<Channel ID="Channel:0:0" Name="{a(info.channel, {chr(34): "&quot;"})}" SamplesPerPixel="3"/>'
+            f'<TiffData IFD="0" PlaneCount="1"/></Pixels>{ann_ref}</Image>{structured}</OME>')
+    return xml.encode("ascii", "xmlcharrefreplace").decode("ascii")  # TIFF strings are 7-bit ASCII
+
+
+def _link_subifds(path: Path) -> None:
+    """Chain level 0's SubIFDs (the reduced levels) into the main IFD chain: IFD 0 -> level 1 -> level 2 ...,
+    by setting each IFD's next-IFD offset (tifffile writes SubIFDs unchained)."""
+    with tifffile.TiffFile(path) as tif:
+        first = tif.pages.first
+        chain = [int(first.offset), *(int(o) for o in first.subifds or ())]
+        big, order = tif.is_bigtiff, tif.byteorder
+    count_fmt, entry, off_fmt = ("Q", 20, "Q") if big else ("H", 12, "I")
+    with open(path, "r+b") as fh:
+        for here, following in zip(chain, [*chain[1:], 0]):
+            fh.seek(here)
+            (n,) = struct.unpack(order + count_fmt, fh.read(struct.calcsize(count_fmt)))
+            fh.seek(here + struct.calcsize(count_fmt) + n * entry)
+            fh.write(struct.pack(order + off_fmt, following))
+
+
+__all__ = ["OmeInfo", "Region", "aperio_description", "downsample2", "level0_boxes", "level_sizes", "ome_xml",
+           "write_pyramidal_tiff"]

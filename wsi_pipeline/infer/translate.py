@@ -71,4 +71,33 @@ def virtual_region(array: zarr.Array, *, tissue: NDArray[np.bool_] | None = None
     return region
 
 
-__all__ = ["SignedToUnit", "virtual_region"]
+def level0_region(grid: Region, *, grid_size: tuple[int, int], origin: tuple[float, float],
+                  scale: tuple[float, float], fill: int = 255) -> Region:
+    """``region`` in level-0 pixels of a slide over ``grid``, a region function on a coarser grid whose pixel
+    ``(row, col)`` covers level-0 ``origin + scale * (col, row)`` (``grid_size`` = (width, height)): each level-0
+    pixel takes the grid pixel its centre falls in (nearest: a power-of-two box mean of the result gives back the
+    grid's pixels exactly); outside the grid is ``fill``.
+
+    >>> cols = lambda x, y, w, h: np.broadcast_to((x + np.arange(w))[None, :, None], (h, w, 3)).astype(np.uint8)
+    >>> level0_region(cols, grid_size=(2, 1), origin=(0.0, 0.0), scale=(2.0, 2.0))(0, 0, 5, 1)[0, :, 0].tolist()
+    [0, 0, 1, 1, 255]
+    """
+    (gw, gh), (ox, oy), (sx, sy) = grid_size, origin, scale
+
+    def region(x: int, y: int, w: int, h: int) -> NDArray[np.uint8]:
+        out = np.full((h, w, 3), fill, np.uint8)
+        cols = np.floor((np.arange(x, x + w) + 0.5 - ox) / sx).astype(np.intp)
+        rows = np.floor((np.arange(y, y + h) + 0.5 - oy) / sy).astype(np.intp)
+        cin, rin = (cols >= 0) & (cols < gw), (rows >= 0) & (rows < gh)
+        if not cin.any() or not rin.any():
+            return out
+        c0, c1 = int(cols[cin].min()), int(cols[cin].max()) + 1
+        r0, r1 = int(rows[rin].min()), int(rows[rin].max()) + 1
+        block = grid(c0, r0, c1 - c0, r1 - r0)
+        out[np.ix_(rin, cin)] = block[np.ix_(rows[rin] - r0, cols[cin] - c0)]
+        return out
+
+    return region
+
+
+__all__ = ["SignedToUnit", "level0_region", "virtual_region"]

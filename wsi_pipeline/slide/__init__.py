@@ -1,22 +1,27 @@
-"""Whole-slide reading: ``open_slide(path) -> Slide`` (openslide or tifffile backend)."""
+"""Whole-slide reading: ``open_slide(path) -> Slide`` (openslide, tifffile or DICOM backend).
+
+openslide reads every vendor format it claims; tifffile reads OME-TIFF, QPTIFF and other TIFF-based brightfield RGB
+slides openslide does not; DICOM WSI that openslide cannot open go to wsidicom (:mod:`.dicom_backend`). A file no
+backend reads fails with a ``SlideError`` naming the file and every reader's reason.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import openslide
 
 from ..errors import SlideError
 from .base import Slide, TileDecoder, TileGrid
-from .openslide_backend import OpenSlideSlide
+from .dicom_backend import DicomFramesSlide, WsiDicomSlide, open_dicom
+from .openslide_backend import OpenSlideSlide, detect_vendor
 from .tifffile_backend import TiffSlide
 from .tiles import TiffTileDecoder
 
-__all__ = ["Slide", "TileDecoder", "TileGrid", "OpenSlideSlide", "TiffSlide", "TiffTileDecoder", "open_slide",
-           "choose_backend"]
+__all__ = ["Slide", "TileDecoder", "TileGrid", "DicomFramesSlide", "OpenSlideSlide", "TiffSlide", "TiffTileDecoder",
+           "WsiDicomSlide", "open_slide", "choose_backend"]
 
-BACKENDS = ("auto", "openslide", "tifffile")
+BACKENDS = ("auto", "openslide", "tifffile", "dicom")
 _TIFF_MAGIC = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")
 
 
@@ -31,7 +36,8 @@ def _is_ome_tiff(path: Path) -> bool:
 
 
 def choose_backend(path: str | os.PathLike[str]) -> str:
-    """``"openslide"`` or ``"tifffile"`` for ``path``: openslide for every format it claims, except OME-TIFF.
+    """``"openslide"``, ``"tifffile"`` or ``"dicom"`` for ``path``: openslide for every format it claims, except
+    OME-TIFF; DICOM files openslide does not claim go to wsidicom.
 
     >>> choose_backend("small.svs")  # doctest: +SKIP
     'openslide'
@@ -39,14 +45,14 @@ def choose_backend(path: str | os.PathLike[str]) -> str:
     p = Path(path)
     if not p.is_file():
         raise SlideError(p, "no such file" if not p.exists() else "not a regular file")
-    try:
-        vendor = openslide.OpenSlide.detect_format(p)
-    except Exception:  # detect_format itself may fail on garbage; treat as unknown
-        vendor = None
+    vendor = detect_vendor(p)
     if vendor is not None and vendor != "generic-tiff":
         return "openslide"  # Aperio, Hamamatsu, MIRAX, Leica, DICOM, ...: openslide is the reference
     with open(p, "rb") as fh:
-        is_tiff = fh.read(4) in _TIFF_MAGIC
+        head = fh.read(132)
+    is_tiff = head[:4] in _TIFF_MAGIC
+    if head[128:132] == b"DICM":
+        return "dicom"
     if vendor == "generic-tiff":
         # openslide sees OME-TIFF as a generic TIFF without its SubIFD pyramid or OME physical size
         return "tifffile" if _is_ome_tiff(p) else "openslide"
@@ -65,8 +71,17 @@ def open_slide(path: str | os.PathLike[str], *, backend: str = "auto", mpp_overr
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r} must be one of {BACKENDS}")
-    if backend == "auto":
+    auto = backend == "auto"
+    if auto:
         backend = choose_backend(path)
     if backend == "openslide":
-        return OpenSlideSlide(path, mpp_override=mpp_override)
+        try:
+            return OpenSlideSlide(path, mpp_override=mpp_override)
+        except SlideError as exc:
+            # a DICOM WSI openslide cannot open (it needs ImageType, one series...): wsidicom may still read it
+            if auto and detect_vendor(Path(path)) == "dicom":
+                return open_dicom(path, mpp_override=mpp_override, openslide_reason=exc.reason)
+            raise
+    if backend == "dicom":
+        return open_dicom(path, mpp_override=mpp_override)
     return TiffSlide(path, mpp_override=mpp_override)

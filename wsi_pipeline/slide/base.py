@@ -47,6 +47,32 @@ def check_region_args(location: tuple[int, int], size: tuple[int, int]) -> tuple
     return (x, y), (w, h)
 
 
+def mean_downsamples(level_dimensions: Sequence[tuple[int, int]]) -> tuple[float, ...]:
+    """openslide's level downsamples: the mean of the two axis ratios to level 0.
+
+    >>> mean_downsamples([(100, 50), (50, 25)])
+    (1.0, 2.0)
+    """
+    w0, h0 = level_dimensions[0]
+    return tuple((w0 / w + h0 / h) / 2 for w, h in level_dimensions)
+
+
+def level_window(location: tuple[int, int], size: tuple[int, int], *, downsample: float,
+                 level_size: tuple[int, int]) -> tuple[int, int, tuple[int, int, int, int] | None]:
+    """Where a ``read_region`` request lies on its level: the top-left ``(lx, ly)`` in level pixels (level-0
+    ``location / downsample``, floored, as openslide's tiled readers anchor) and the part inside the level
+    ``(x0, y0, x1, y1)``, None when the request misses the level.
+
+    >>> level_window((10, 10), (8, 8), downsample=2.0, level_size=(8, 8))
+    (5, 5, (5, 5, 8, 8))
+    """
+    (x, y), (w, h) = check_region_args(location, size)
+    lx, ly = math.floor(x / downsample), math.floor(y / downsample)
+    lw, lh = level_size
+    x0, y0, x1, y1 = max(lx, 0), max(ly, 0), min(lx + w, lw), min(ly + h, lh)
+    return lx, ly, ((x0, y0, x1, y1) if x0 < x1 and y0 < y1 else None)
+
+
 @dataclass(frozen=True)
 class TileGrid:
     """Geometry of the stored tiles of one pyramid level (for direct tile decode)."""

@@ -21,6 +21,19 @@ _MAX_CALL_PIXELS = 16 * 1024 * 1024
 _MAX_CALL_WIDTH = 16384
 
 
+# what to do about a file of a vendor format openslide detects but cannot open
+_HINTS = {"zeiss": " (Zeiss CZI: only the brightfield CZI files OpenSlide reads are supported; convert others to "
+                   "OME-TIFF, e.g. with bfconvert)"}
+
+
+def detect_vendor(path: Path) -> str | None:
+    """openslide's format name for ``path`` (``"aperio"``, ``"dicom"``, ...), or None."""
+    try:
+        return openslide.OpenSlide.detect_format(path)
+    except Exception:  # detect_format may fail on garbage: no vendor to name
+        return None
+
+
 def _float_prop(props: Mapping[str, str], key: str) -> float | None:
     try:
         v = float(props[key])
@@ -60,7 +73,10 @@ class OpenSlideSlide(Slide):
         except openslide.OpenSlideUnsupportedFormatError as exc:
             raise SlideError(self.path, f"openslide does not recognise this file (not a slide, or truncated): {exc}") from exc
         except (openslide.OpenSlideError, OSError, ValueError) as exc:
-            raise SlideError(self.path, f"openslide cannot open it: {exc}") from exc
+            vendor = detect_vendor(self.path)
+            what = f" ({vendor} format)" if vendor else ""
+            hint = _HINTS.get(vendor or "", "")
+            raise SlideError(self.path, f"openslide cannot open it{what}: {exc}{hint}") from exc
 
     def _handle(self) -> openslide.OpenSlide:
         if self._closed:

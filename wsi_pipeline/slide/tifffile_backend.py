@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import re
 import threading
@@ -18,7 +17,7 @@ import numpy as np
 import tifffile
 
 from ..errors import SlideError
-from .base import Slide, check_region_args, resolve_mpp
+from .base import Slide, level_window, mean_downsamples, resolve_mpp
 from .tiles import TiffTileDecoder, composite_on_white
 
 # micrometres per OME length unit (OME's UnitsLength enumeration, the common part)
@@ -116,8 +115,9 @@ class TiffSlide(Slide):
                 raise
             raise SlideError(self.path, f"cannot open with tifffile: {exc}") from exc
         if self._pages[0] is None:
+            reason = _not_rgb_reason(self._tif, series)
             self._tif.close()
-            raise SlideError(self.path, f"series {series.name!r} has axes {series.axes} {series.shape}: not one RGB plane")
+            raise SlideError(self.path, reason)
         self._pages = [p for p in self._pages if p is not None]
         try:
             check_tiff_segments(self.path, self._tif)
@@ -145,9 +145,7 @@ class TiffSlide(Slide):
 
     @cached_property
     def level_downsamples(self) -> tuple[float, ...]:
-        w0, h0 = self.level_dimensions[0]
-        # openslide's definition: the mean of the two axis ratios
-        return tuple((w0 / w + h0 / h) / 2 for w, h in self.level_dimensions)
+        return mean_downsamples(self.level_dimensions)
 
     @property
     def mpp(self) -> tuple[float, float] | None:
@@ -262,15 +260,12 @@ class TiffSlide(Slide):
         ``location / downsample`` is whole (always at level 0); otherwise it resamples by the sub-pixel fraction.
         """
         self._check_level(level)
-        (x, y), (w, h) = check_region_args(location, size)
-        ds = self.level_downsamples[level]
-        # same anchoring as openslide's tiled readers: level-0 location / downsample, floored
-        lx, ly = math.floor(x / ds), math.floor(y / ds)
-        out = np.full((h, w, 3), 255, np.uint8)
-        lw, lh = self.level_dimensions[level]
-        x0, y0, x1, y1 = max(lx, 0), max(ly, 0), min(lx + w, lw), min(ly + h, lh)
-        if x0 >= x1 or y0 >= y1:
+        lx, ly, box = level_window(location, size, downsample=self.level_downsamples[level],
+                                   level_size=self.level_dimensions[level])
+        out = np.full((int(size[1]), int(size[0]), 3), 255, np.uint8)
+        if box is None:
             return out
+        x0, y0, x1, y1 = box
         dec = self._decoder(level)
         if dec is not None:
             self._paint_tiles(dec, out, lx, ly, (x0, y0, x1, y1))
@@ -314,6 +309,30 @@ class TiffSlide(Slide):
             if dec is not None:
                 dec.close()
         self._tif.close()
+
+
+def _channel_names(tif: tifffile.TiffFile, series: Any) -> list[str]:
+    """Channel names a multichannel series states: OME ``Channel Name`` or QPTIFF's per-page ``<Name>``."""
+    if tif.is_ome:
+        root = ET.fromstring(tif.ome_metadata or "<OME/>")
+        return [el.get("Name", "") for el in root.iter() if el.tag.endswith("}Channel") or el.tag == "Channel"]
+    if tif.is_qpi:
+        names = []
+        for page in series.pages:
+            found = re.search(r"<Name>([^<]*)</Name>", getattr(page, "description", "") or "")
+            names.append(found.group(1) if found else "")
+        return names
+    return []
+
+
+def _not_rgb_reason(tif: tifffile.TiffFile, series: Any) -> str:
+    """Why a series is not a brightfield slide (several planes: fluorescence channels, Z or T)."""
+    channels = [n for n in _channel_names(tif, series) if n]
+    kind = "PerkinElmer QPTIFF " if tif.is_qpi else "OME-TIFF " if tif.is_ome else ""
+    what = (f"{len(channels)}-channel fluorescence image (channels {', '.join(channels)})" if len(channels) > 1
+            else f"image with axes {series.axes} {series.shape}")
+    return (f"{kind}{what}, not a brightfield RGB slide: only brightfield RGB slides are processed "
+            "(export an RGB brightfield image, e.g. a pseudo-coloured composite, to run it)")
 
 
 def _to_rgb8(data: np.ndarray, page: Any, path: Path) -> np.ndarray:

@@ -12,11 +12,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from wsi_pipeline.annotations.geojson import CLASS_NAMES as _ANNOTATION_NAMES
+from wsi_pipeline.annotations.geojson import class_color
 from wsi_pipeline.errors import ConfigError
 
 CLASSES = ("noa", "ss", "gs")
-CLASS_NAMES = {"noa": "Glomerulus: noa", "ss": "Glomerulus: ss", "gs": "Glomerulus: gs"}
-CLASS_COLORS = {"noa": (40, 160, 60), "ss": (230, 160, 20), "gs": (200, 40, 40)}
+# the QuPath class names and colours the job writes (wsi_pipeline.annotations): truth and output compare by name
+CLASS_NAMES = {c: _ANNOTATION_NAMES[c] for c in CLASSES}
+CLASS_COLORS = {c: class_color(CLASS_NAMES[c]) for c in CLASSES}
 _NAMESPACE = uuid.UUID("6f1c2f3e-7a51-4c1e-9a53-0d2b8f6a9e10")
 
 

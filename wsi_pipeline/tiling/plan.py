@@ -29,12 +29,12 @@ class TileConfig(FrozenConfig):
     mpp_tolerance: float = Field(default=0.05, ge=0, lt=0.5)
     tile: int = Field(default=512, ge=16, le=8192, description="chunk edge in output pixels")
     task_px: int = Field(default=2048, ge=16, description="edge of one Dask task's block in source pixels")
-    # auto: copy the slide's JPEG tiles where they line up with the chunks (exact pixels, nothing decoded), else
-    # raw decoded pixels. jpeg: the same, but JPEG-encode (jpeg_quality) whatever cannot be copied, level 0 included
-    # (lossy). none / lz4 / zstd: always decoded pixels, lossless (decoded tissue barely compresses: ~1.0 / ~0.9).
-    # JPEG chunks need the ``wsi_pipeline.jpeg`` codec (registered wherever the package is installed); raw ones
-    # read with any zarr v3 implementation.
-    compressor: Literal["auto", "jpeg", "none", "lz4", "zstd"] = "auto"
+    # zstd (default) / lz4: decoded pixels, lossless, blosc-compressed; none: decoded pixels, uncompressed. All three
+    # are zarr v3 core codecs (blosc, bytes, sharding_indexed): any zarr v3 implementation reads the store with
+    # nothing extra installed. jpeg: the slide's JPEG tiles copied into the chunks where they line up (exact pixels,
+    # nothing decoded), JPEG-encoded at jpeg_quality elsewhere (lossy); about 7-10x smaller, but its chunks need this
+    # package's ``wsi_pipeline.jpeg`` codec to read (the ecosystem's ``imagecodecs_jpeg`` needs Python >= 3.12)
+    compressor: Literal["zstd", "lz4", "none", "jpeg"] = "zstd"
     clevel: int = Field(default=1, ge=0, le=9, description="blosc level for lz4 / zstd")
     jpeg_quality: int = Field(default=90, ge=1, le=100,
                               description="quality of chunks JPEG-encoded here (pyramid levels below the copied ones)")

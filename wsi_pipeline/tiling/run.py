@@ -5,12 +5,13 @@ JPEG-decode floor.
     >>> res = tile_slide("slide.svs", "slide.zarr", config=TileConfig(mpp=1.0, tile=512))  # doctest: +SKIP
     >>> res.chunks_written, res.chunks_total  # doctest: +SKIP
 
-The image is read from the pyramid level closest to (not coarser than) the target MPP. When that level matches
-the target and its stored JPEG tiles line up with the chunks (the chunk edge is a multiple of the tile edge), the
-tiles are *copied* into the chunks without decoding (codec ``wsi_pipeline.jpeg``): the stored pixels are exactly
-the slide's, and the pyramid is the slide's own reduced levels, copied the same way (2x means below the
-coarsest). Otherwise the pixels are decoded (area-resampled when needed) and stored raw, with a 2x-mean pyramid
-(``TileConfig.compressor`` chooses; see :mod:`wsi_pipeline.tiling.shards` for the layout).
+The image is read from the pyramid level closest to (not coarser than) the target MPP, decoded (area-resampled
+when needed) and stored losslessly with zarr v3 core codecs (blosc zstd by default: any zarr v3 reader opens the
+store), with a 2x-mean pyramid. With ``compressor: jpeg``, when that level matches the target and its stored JPEG
+tiles line up with the chunks (the chunk edge is a multiple of the tile edge), the tiles are *copied* into the
+chunks without decoding (codec ``wsi_pipeline.jpeg``, readable where this package is installed): the stored pixels
+are exactly the slide's, and the pyramid is the slide's own reduced levels, copied the same way (JPEG-encoded 2x
+means below the coarsest). See :mod:`wsi_pipeline.tiling.shards` for the layout.
 
 Work is cut into *blocks* of ``block x block`` chunks (one Dask task each, a few MPix): a block writes its tissue
 chunks, its share of the pyramid and, last, its done marker. A re-run skips blocks whose marker exists, so a killed
@@ -212,7 +213,7 @@ def _plan_levels(slide: Slide, plan: TilePlan,
     """The output pyramid (which levels copy which slide level's JPEG tiles, when the config allows copying) and the
     chunk codec of each copied slide level."""
     sources, codecs = [], {}
-    if config.compressor in ("auto", "jpeg") and not plan.resampled:
+    if config.compressor == "jpeg" and not plan.resampled:
         for level in range(plan.level, slide.level_count):
             w, h = (int(v) for v in slide.level_dimensions[level])
             dec = worker_decoder(slide, level)
@@ -234,12 +235,11 @@ def _store_levels(pyramid: Sequence[LevelPlan], copy_codecs: dict[int, JpegChunk
     """
     n_block = block_levels(pyramid, plan.block)
     post = max(1, config.task_px // config.tile // 2)
-    copying = pyramid[0].copy_from is not None
     computed: ChunkCodec
-    if copying or config.compressor == "jpeg":  # below copied JPEG levels, JPEG: raw would cost 10x the bytes
+    if config.compressor == "jpeg":  # below copied JPEG levels too: raw would cost 10x the bytes
         computed = JpegChunks(quality=config.jpeg_quality)
     else:
-        computed = RawChunks("none" if config.compressor == "auto" else config.compressor, config.clevel)
+        computed = RawChunks(config.compressor, config.clevel)
     levels = tuple(StoreLevel(lv.shape, lv.factor, lv.copy_from,
                               copy_codecs[lv.copy_from] if lv.copy_from is not None else computed,
                               plan.block // lv.factor if k <= n_block else post)

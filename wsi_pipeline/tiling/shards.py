@@ -6,18 +6,19 @@ block, not per tile, because creating files costs as much as the pixels in them)
 array is created through zarr itself, so ``zarr.open_group`` and napari read the result normally.
 
 A level's chunks are either :class:`JpegChunks` (the slide's own JPEG tiles copied byte for byte, or pixels encoded
-at a quality; codec ``wsi_pipeline.jpeg``, see :mod:`wsi_pipeline.tiling.codec`) or :class:`RawChunks` (decoded pixels,
-optionally blosc-compressed; lossless, any zarr reads them).
+at a quality; codec ``wsi_pipeline.jpeg``, see :mod:`wsi_pipeline.tiling.codec`; only with ``compressor: jpeg``) or :class:`RawChunks` (decoded pixels,
+blosc-compressed or not; lossless, zarr v3 core codecs: any zarr v3 implementation reads them; the default).
 
 Layout::
 
-    STORE.zarr/zarr.json        group; attributes "ome" (OME-NGFF 0.5 multiscales) and "wsi_pipeline"
+    STORE.zarr/zarr.json        group; attributes "ome" (OME-NGFF 0.5 multiscales, :mod:`.ngff`) and "wsi_pipeline"
     STORE.zarr/0, 1, ...        image pyramid, (c, y, x) uint8, chunks (3, tile, tile) inside shards of one task
                                 block each, fill 255 (white); stored interleaved (transpose codec): a chunk's
                                 bytes are the tile's RGB (raw) or JPEG streams; chunks without tissue are absent
                                 from the shard index
     STORE.zarr/tissue_mask      uint8 thumbnail-resolution tissue mask
     STORE.zarr/tiling_done      uint8 per task block: 1 once every chunk of that block is on disk
+    STORE.zarr/labels/tissue    OME-NGFF label image of the tissue mask (one level per image level)
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ class RawChunks:
         """The inner-chunk codecs after the transpose to interleaved RGB."""
         codecs: list[Any] = [BytesCodec()]
         if self.compressor != "none":
-            codecs.append(BloscCodec(cname=self.compressor, clevel=self.clevel, shuffle="noshuffle", typesize=1,
+            # bit-shuffled bytes: on real tissue (CMU-1, zstd level 1) 0.59 of raw against 0.62 unshuffled, and faster
+            codecs.append(BloscCodec(cname=self.compressor, clevel=self.clevel, shuffle="bitshuffle", typesize=1,
                                      blocksize=0))
         return codecs
 
@@ -76,7 +78,7 @@ class RawChunks:
         if self.compressor == "none":
             return memoryview(data).cast("B")  # type: ignore[arg-type]
         return bytes(imagecodecs.blosc_encode(data,  # type: ignore[arg-type]
-                                              level=self.clevel, compressor=self.compressor, shuffle=0,
+                                              level=self.clevel, compressor=self.compressor, shuffle=2,
                                               typesize=1, numthreads=1))
 
     def decode(self, raw: bytes | memoryview, *, tile: int) -> np.ndarray:
@@ -220,33 +222,3 @@ def remove_partials(store: Path) -> int:
         p.unlink(missing_ok=True)
         n += 1
     return n
-
-
-def ngff_multiscales(*, name: str, factors: list[int], mpp: float | None) -> dict[str, Any]:
-    """OME-NGFF 0.5 ``ome`` attribute for the (c, y, x) pyramid whose level ``i`` is ``factors[i]`` times coarser
-    than level "0"; micrometre units when the MPP is known."""
-    base = mpp if mpp is not None else 1.0
-    space: dict[str, Any] = {"type": "space"}
-    if mpp is not None:
-        space["unit"] = "micrometer"
-    datasets = []
-    for i, factor in enumerate(factors):
-        f = float(factor)  # levels are ceil-halved (or rounded by the scanner): the nominal power of two
-        datasets.append({"path": str(i), "coordinateTransformations": [
-            {"type": "scale", "scale": [1.0, base * f, base * f]}]})
-    return {
-        "version": "0.5",
-        "multiscales": [{
-            "name": name,
-            "axes": [{"name": "c", "type": "channel"}, {"name": "y", **space}, {"name": "x", **space}],
-            "datasets": datasets,
-        }],
-        "omero": {
-            "rdefs": {"model": "color"},
-            "channels": [
-                {"label": lab, "color": col, "active": True, "coefficient": 1.0, "family": "linear",
-                 "inverted": False, "window": {"min": 0, "max": 255, "start": 0, "end": 255}}
-                for lab, col in (("R", "FF0000"), ("G", "00FF00"), ("B", "0000FF"))
-            ],
-        },
-    }

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, cast
@@ -28,13 +28,15 @@ from ..config import digest_of
 from ..errors import StoreError
 from ..tissue import TissueResult
 from .plan import TilePlan
+from .ngff import TISSUE_LABEL, mask_levels, ngff_image, store_translation, write_label
 from .shards import DONE_ARRAY, MASK_ARRAY, JpegChunks, StoreLevel, create_done_array, create_image_array, \
-    ngff_multiscales, written_chunks
+    written_chunks
 
 __all__ = ["STORE_FORMAT", "LevelInfo", "StoreGeometry", "StoreInfo", "TissueInfo", "create_arrays", "finish_store",
-           "new_store_info", "open_or_create", "read_store_info", "settings_digest", "tissue_chunks", "tissue_mask"]
+           "new_store_info", "ngff_translation", "open_or_create", "read_store_info", "settings_digest",
+           "tissue_chunks", "tissue_mask", "write_ngff_label"]
 
-STORE_FORMAT = 2  # 2: per-level chunk codecs (copied JPEG tiles), pyramid levels at any power-of-two factor
+STORE_FORMAT = 3  # 2: per-level chunk codecs (copied JPEG tiles), any power-of-two levels; 3: NGFF labels, translation
 ATTR = "wsi_pipeline"
 
 
@@ -192,11 +194,31 @@ def open_or_create(store: Path, info: StoreInfo, *, overwrite: bool,
     store.parent.mkdir(parents=True, exist_ok=True)
     group = zarr.open_group(tmp, mode="w", zarr_format=3)
     create(group)
-    group.attrs["ome"] = ngff_multiscales(name=Path(str(info.source["path"])).stem,
-                                          factors=[lv.factor for lv in info.pyramid], mpp=info.geometry.mpp)
+    factors = [lv.factor for lv in info.pyramid]
+    group.attrs["ome"] = ngff_image(name=Path(str(info.source["path"])).stem, factors=factors,
+                                    mpp=info.geometry.mpp, translation=ngff_translation(info))
+    if MASK_ARRAY in group:  # the tissue mask as an NGFF label image on the pyramid
+        mask = np.asarray(zarr.open_array(tmp / MASK_ARRAY, mode="r")[:]) > 0
+        step = info.tissue.mask_downsample_level0 / info.geometry.scale[0]
+        shapes = [lv.shape for lv in info.pyramid]
+        write_ngff_label(tmp, info, TISSUE_LABEL, mask_levels(mask, step=step, shapes=shapes, factors=factors))
     group.attrs[ATTR] = info.to_attrs()
     os.replace(tmp, store)
     return info
+
+
+def ngff_translation(info: StoreInfo) -> tuple[float, float]:
+    """(y, x) of the store's pixel (0, 0) in its NGFF frame (um in QuPath's level-0 frame; see :mod:`.ngff`)."""
+    mpp = info.source.get("mpp")
+    mpp0 = (float(mpp[0]) + float(mpp[1])) / 2 if mpp else None
+    return store_translation(origin=info.geometry.origin, bounds=info.source.get("bounds"), mpp=mpp0)
+
+
+def write_ngff_label(store: str | os.PathLike[str], info: StoreInfo, name: str,
+                     levels: Iterable[NDArray[np.uint8]]) -> Path:
+    """Label image ``store/labels/<name>`` on the store's pyramid (``levels``: one (y, x) array per image level)."""
+    return write_label(store, name, levels, factors=[lv.factor for lv in info.pyramid], mpp=info.geometry.mpp,
+                       translation=ngff_translation(info), chunk=info.geometry.tile)
 
 
 def create_arrays(group: zarr.Group, *, plan: TilePlan, levels: Sequence[StoreLevel],
