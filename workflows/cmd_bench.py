@@ -19,6 +19,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "pipeline": ("pipeline", "End-to-end slide job on synthetic slides."),
     "accuracy": ("accuracy", "The slide job on held-out phantom slides, scored against the truth GeoJSON."),
     "batch": ("batch", "A folder of phantom slides through 1 vs 2 worker processes (slides/hour, RSS)."),
+    "precision": ("precision", "CPU fast paths per shipped network: bf16 autocast and channels_last vs float32."),
     "trace": ("trace", "Repeated work of one slide job: slide opens, weight hashes, network builds, store reads."),
 }
 
