@@ -16,13 +16,12 @@ MONAI is an optional benchmark dependency (``pip install 'wsi-pipeline[bench]'``
 from __future__ import annotations
 
 import functools
-import importlib.util
 import multiprocessing as mp
 import os
 import statistics
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -87,7 +86,7 @@ def _ours(store: Path, out: Path, config: Any, mask: np.ndarray | None) -> dict[
     arr = predict_zarr(src, str(out), predictor_factory=factory, config=config, out_channels=1, name="seg",
                        chunk_mask=mask, scheduler="threads")
     seconds = time.perf_counter() - t0
-    w = arr.attrs["windows"]
+    w = cast(dict[str, int], arr.attrs["windows"])  # zarr types attrs as any JSON value
     return {"s": seconds, "windows": w["forwarded"], "forwarded_px": w["forwarded_px"], "window": config.window,
             "batch": config.batch_size}
 
@@ -174,6 +173,14 @@ def run_variant(name: str, store: Path, out: Path, threads: int) -> dict[str, An
     return res  # type: ignore[no-any-return]
 
 
+def have_monai() -> bool:
+    try:
+        import monai  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def compare(folder: Path, *, side: int = 4096, rounds: int = 3, threads: int = 2) -> dict[str, Any]:
     """Every variant ``rounds`` times, interleaved, each in a fresh process; medians and ratios to the bare floor."""
     import shutil
@@ -183,7 +190,7 @@ def compare(folder: Path, *, side: int = 4096, rounds: int = 3, threads: int = 2
     tissue_px = int(tissue.sum()) * CHUNK * CHUNK
     variants = ["ours-512", "monai", "bare", "ours-608", "ours-job"]
     skipped = {}
-    if importlib.util.find_spec("monai") is None:
+    if not have_monai():
         variants.remove("monai")
         skipped["monai"] = "MONAI is not installed (pip install 'wsi-pipeline[bench]'): row skipped"
     runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}

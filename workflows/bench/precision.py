@@ -1,6 +1,6 @@
 """CPU fast paths per shipped network: bf16 autocast and channels_last against float32, speed and agreement.
 
-    python -m workflows.bench.precision --out bench-out/precision [--rounds 2] [--batch 3]
+    wsi-pipeline bench precision --out bench-out/precision [--rounds 2] [--windows 6] [--all-generators]
 
 Inputs are real: the AIDPATH tiles (``aidpath-tiles``, PAS at about 0.5 um/px) reduced to the segmentation
 resolution and set 2 x 2 into 512-px windows (the job's window scale) for the segmenter and the PAS -> stain
@@ -13,6 +13,7 @@ on the same inputs: segmentation Dice of the thresholded masks (kept if >= 0.995
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import time
@@ -25,8 +26,9 @@ import numpy as np
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "real-glomeruli"
 VARIANTS = {"fp32": (False, False), "fp32 channels_last": (False, True), "bf16": (True, False),
             "bf16 channels_last": (True, True)}
-GENERATORS = ("generator-PAS-HE", "generator-PAS-MASSON", "generator-PAS-PASM", "generator-real-PAS-HE",
-              "generator-real-PAS-MASSON", "generator-real-PAS-PASM", "generator-real-PAS-CD68")
+GENERATORS = ("generator-PAS-HE", "generator-PAS-MASSON", "generator-PAS-PASM")  # the job's whole-slide stains
+MORE_GENERATORS = ("generator-real-PAS-HE", "generator-real-PAS-MASSON", "generator-real-PAS-PASM",
+                   "generator-real-PAS-CD68")  # same architecture; ``--all-generators``
 
 
 def seg_windows(tiles: Path, *, mpp_from: float = 0.5, mpp_to: float = 2.0) -> np.ndarray:
@@ -59,10 +61,12 @@ def tiled_network(make: Callable[[bool, bool], Any], windows: np.ndarray, *, bat
     for p in predictors.values():
         p(windows[:batch])  # warm-up: oneDNN builds its kernels for this shape
     slots: dict[str, dict[str, Any]] = {v: {} for v in VARIANTS}
+    def over_windows(p: Any) -> Callable[[], np.ndarray]:
+        return lambda: np.concatenate([p(windows[i:i + batch]) for i in range(0, len(windows), batch)])
+
     for _ in range(rounds):
         for v, p in predictors.items():
-            _best(lambda p=p: np.concatenate([p(windows[i:i + batch]) for i in range(0, len(windows), batch)]),
-                  slots[v])
+            _best(over_windows(p), slots[v])
     ref = slots["fp32"]
     return {v: {"s_per_window": s["s"] / len(windows), "speedup": ref["s"] / s["s"], **agree(ref["out"], s["out"])}
             for v, s in slots.items()}
@@ -112,7 +116,7 @@ def g2c_network(rounds: int) -> dict[str, Any]:
         g2c_probabilities(crops[:cls.batch_size], model, batch_size=cls.batch_size, device="cpu", amp=flags[0])
     for _ in range(rounds):
         for v, flags in VARIANTS.items():
-            _best(lambda f=flags: run(*f), slots[v])
+            _best(functools.partial(run, *flags), slots[v])
     run(False, False)  # leave the cached model as the job uses it
     ref = slots["fp32"]
     out = {}
@@ -123,7 +127,7 @@ def g2c_network(rounds: int) -> dict[str, Any]:
     return out
 
 
-def measure(*, rounds: int, batch: int) -> dict[str, Any]:
+def measure(*, rounds: int, batch: int, windows_n: int, generators: tuple[str, ...]) -> dict[str, Any]:
     import torch
 
     from wsi_pipeline.infer import TorchPredictor
@@ -134,7 +138,7 @@ def measure(*, rounds: int, batch: int) -> dict[str, Any]:
         path = default_weights(name)
         return load_checked(WeightsRef(path, file_sha256(path), False), arch=arch)
 
-    windows = seg_windows(DATA / "aidpath-tiles")
+    windows = seg_windows(DATA / "aidpath-tiles")[:windows_n]
     results: dict[str, Any] = {"host": {"cpus": os.cpu_count(), "torch": torch.__version__,
                                         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                                         "mkldnn_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
@@ -146,11 +150,13 @@ def measure(*, rounds: int, batch: int) -> dict[str, Any]:
         lambda amp, cl: TorchPredictor(seg, device="cpu", amp=amp, channels_last=cl, activation="sigmoid"),
         windows, batch=batch, rounds=rounds, agree=dice_agreement(threshold))
     print("segmenter", results["networks"]["segmenter"], flush=True)
-    for name in GENERATORS:
+    for name in generators:
         gen, _ = loaded(name, ("cyclegan_generator",))
-        results["networks"][name] = tiled_network(
-            lambda amp, cl, g=gen: TorchPredictor(SignedToUnit(g), device="cpu", amp=amp, channels_last=cl),
-            windows, batch=batch, rounds=rounds, agree=uint8_agreement)
+
+        def make(amp: bool, cl: bool, g: Any = gen) -> TorchPredictor:
+            return TorchPredictor(SignedToUnit(g), device="cpu", amp=amp, channels_last=cl)
+
+        results["networks"][name] = tiled_network(make, windows, batch=batch, rounds=rounds, agree=uint8_agreement)
         print(name, results["networks"][name], flush=True)
     results["networks"]["g2c"] = g2c_network(rounds)
     results["host"]["load_avg_1m_end"] = os.getloadavg()[0]
@@ -178,8 +184,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=Path("bench-out/precision"), help="results folder")
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds per variant (best time kept)")
     p.add_argument("--batch", type=int, default=3, help="windows per forward")
+    p.add_argument("--windows", type=int, default=6, help="512-px windows of real tiles (at most 6)")
+    p.add_argument("--all-generators", action="store_true", help="also the real-stain generators")
     args = p.parse_args(argv)
-    results = measure(rounds=args.rounds, batch=args.batch)
+    gens = GENERATORS + (MORE_GENERATORS if args.all_generators else ())
+    results = measure(rounds=args.rounds, batch=args.batch, windows_n=args.windows, generators=gens)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     (args.out / "results.md").write_text(to_markdown(results))

@@ -159,7 +159,7 @@ def plan_windows(size: tuple[int, int], chunks: tuple[int, int], config: TiledIn
     rows, forwarded = [], 0
     for y, h in ys:
         cy0, cy1 = _core(y, h, height, m)
-        band = chunk_mask[cy0 // ch : -(-cy1 // ch)].any(axis=0)
+        band: np.ndarray = np.asarray(chunk_mask[cy0 // ch : -(-cy1 // ch)].any(axis=0))
         kept = []
         for x, w in xs:
             cx0, cx1 = _core(x, w, width, m)
@@ -203,7 +203,7 @@ def _resume_key(arr: zarr.Array, factory: PredictorFactory, config: TiledInferen
     """What a resumed output must share with the run that wrote it; None (never resume) when the model has no
     stable identity (closures, lambdas)."""
     model = _factory_key(factory)
-    if model[0] == "id":
+    if isinstance(model, tuple) and model[0] == "id":
         return None
     root = getattr(arr.store, "root", None)
     meta = Path(root) / arr.path / "zarr.json" if root is not None else None
