@@ -127,7 +127,8 @@ def g2c_network(rounds: int) -> dict[str, Any]:
     return out
 
 
-def measure(*, rounds: int, batch: int, windows_n: int, generators: tuple[str, ...]) -> dict[str, Any]:
+def measure(*, rounds: int, batch: int, windows_n: int, generators: tuple[str, ...],
+            networks: tuple[str, ...] = ("segmenter", "generators", "g2c")) -> dict[str, Any]:
     import torch
 
     from wsi_pipeline.infer import TorchPredictor
@@ -144,13 +145,14 @@ def measure(*, rounds: int, batch: int, windows_n: int, generators: tuple[str, .
                                         "mkldnn_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
                                         "threads": torch.get_num_threads(), "load_avg_1m": os.getloadavg()[0]},
                                "windows": list(windows.shape), "networks": {}}
-    seg, record = loaded("segmenter", ("unet_resnet34",))
-    threshold = float(record.metadata.get("threshold", 0.5))
-    results["networks"]["segmenter"] = tiled_network(
-        lambda amp, cl: TorchPredictor(seg, device="cpu", amp=amp, channels_last=cl, activation="sigmoid"),
-        windows, batch=batch, rounds=rounds, agree=dice_agreement(threshold))
-    print("segmenter", results["networks"]["segmenter"], flush=True)
-    for name in generators:
+    if "segmenter" in networks:
+        seg, record = loaded("segmenter", ("unet_resnet34",))
+        threshold = float(record.metadata.get("threshold", 0.5))
+        results["networks"]["segmenter"] = tiled_network(
+            lambda amp, cl: TorchPredictor(seg, device="cpu", amp=amp, channels_last=cl, activation="sigmoid"),
+            windows, batch=batch, rounds=rounds, agree=dice_agreement(threshold))
+        print("segmenter", results["networks"]["segmenter"], flush=True)
+    for name in generators if "generators" in networks else ():
         gen, _ = loaded(name, ("cyclegan_generator",))
 
         def make(amp: bool, cl: bool, g: Any = gen) -> TorchPredictor:
@@ -158,7 +160,8 @@ def measure(*, rounds: int, batch: int, windows_n: int, generators: tuple[str, .
 
         results["networks"][name] = tiled_network(make, windows, batch=batch, rounds=rounds, agree=uint8_agreement)
         print(name, results["networks"][name], flush=True)
-    results["networks"]["g2c"] = g2c_network(rounds)
+    if "g2c" in networks:
+        results["networks"]["g2c"] = g2c_network(rounds)
     results["host"]["load_avg_1m_end"] = os.getloadavg()[0]
     return results
 
@@ -186,9 +189,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=3, help="windows per forward")
     p.add_argument("--windows", type=int, default=6, help="512-px windows of real tiles (at most 6)")
     p.add_argument("--all-generators", action="store_true", help="also the real-stain generators")
+    p.add_argument("--networks", default="segmenter,generators,g2c", help="comma-separated subset to measure")
+    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ", ".join(VARIANTS))
     args = p.parse_args(argv)
+    chosen = ["fp32", *(v.strip() for v in args.variants.split(",") if v.strip() != "fp32")]
+    unknown = [v for v in chosen if v not in VARIANTS]
+    if unknown:
+        p.error(f"--variants: unknown {unknown}")
+    for v in list(VARIANTS):
+        if v not in chosen:
+            del VARIANTS[v]
     gens = GENERATORS + (MORE_GENERATORS if args.all_generators else ())
-    results = measure(rounds=args.rounds, batch=args.batch, windows_n=args.windows, generators=gens)
+    results = measure(rounds=args.rounds, batch=args.batch, windows_n=args.windows, generators=gens,
+                      networks=tuple(args.networks.split(",")))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     (args.out / "results.md").write_text(to_markdown(results))
