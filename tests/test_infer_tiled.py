@@ -181,10 +181,8 @@ def test_config_validated() -> None:
     assert issubclass(TiledInferenceConfig, FrozenConfig)
     with pytest.raises(ConfigError, match="margin"):
         TiledInferenceConfig.from_dict({"window": 64, "overlap": 16, "margin": 12})
-    cfg = TiledInferenceConfig()
-    assert cfg.effective_halo == cfg.overlap
     cfg = TiledInferenceConfig.for_receptive_radius(measure_receptive_radius(small_net(), 3), window=64, batch_size=2)
-    assert (cfg.margin, cfg.overlap, cfg.halo, cfg.batch_size) == (3, 14, 14, 2)
+    assert (cfg.margin, cfg.overlap, cfg.batch_size) == (3, 14, 2)
     with pytest.raises(ValueError, match="window=16: too small"):
         TiledInferenceConfig.for_receptive_radius(20, window=16)
 

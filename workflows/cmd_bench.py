@@ -20,6 +20,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "accuracy": ("accuracy", "The slide job on held-out phantom slides, scored against the truth GeoJSON."),
     "batch": ("batch", "A folder of phantom slides through 1 vs 2 worker processes (slides/hour, RSS)."),
     "phantom": ("phantom", "Phantom writer MPix/s and the demo's wall time, this tree vs another checkout."),
+    "precision": ("precision", "CPU fast paths per shipped network: bf16 autocast and channels_last vs float32."),
     "trace": ("trace", "Repeated work of one slide job: slide opens, weight hashes, network builds, store reads."),
 }
 

@@ -60,8 +60,9 @@ def block_window(region: int, *, overlap: int, minimum: int, multiple: int = 32)
     """The smallest window (>= ``minimum``, a multiple of ``multiple``) tiling a ``region``-px block with
     ``overlap`` in as few windows as ``minimum`` allows, so no ragged last window recomputes most of its pixels.
 
-    A 1024-px block with a 64-px halo is 1152 px: 512-px windows need 3 per side (2.25x the block's pixels
-    forwarded), 608-px windows 2 (1.41x); the network is fully convolutional, so only the cost changes.
+    The job passes a 2 x 2-chunk block plus the overlap on each side (1152 px for 512-px chunks), which gives 608 px:
+    tiled inference lays one grid of these over the tissue (:func:`~wsi_pipeline.infer.plan_windows`), where
+    608-px windows forward about 1.25x the tissue's pixels (512 px: 1.27x); the network is fully convolutional.
 
     >>> block_window(1152, overlap=64, minimum=512), block_window(300, overlap=64, minimum=512)
     (608, 512)
@@ -113,7 +114,7 @@ class ClassifySection(FrozenConfig):
 
 class TranslateSection(BlendSection):
     """Whole-slide virtual stains (``--task translate``) at the tiled resolution; no window: 608 px for 512-px
-    chunks (1.4x the block's pixels forwarded, against 2.3x with 256-px windows)."""
+    chunks (one grid over the tissue, about 1.25x its pixels forwarded)."""
 
     stains: tuple[str, ...] = ("HE", "MASSON", "PASM")
     generators: dict[str, str] = Field(default_factory=lambda: {

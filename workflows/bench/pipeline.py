@@ -12,8 +12,12 @@ the overhead of the pipeline over the bare model forward on the same batches:
 * G2C (generators + classifier on crops): the ``classify`` stage body vs the bare forward on the same crops,
   alternating, best of 2.
 
-Overhead = stage / forward - 1. The window redundancy (pixels forwarded / pixels owned: overlaps and the last
-window of a block) is reported apart, since "same batches" excludes it.
+Overhead = stage / forward - 1. The window redundancy (pixels forwarded / tissue pixels: overlaps and the last
+windows of the grid) is reported apart, since "same batches" excludes it.
+
+``--model-stage`` runs only the side-by-side comparison of :mod:`workflows.bench.model_stage` (our model stage vs
+MONAI's ``sliding_window_inference`` vs a bare forward, same model, input, window and overlap); the full run ends
+with it too (``--no-model-stage`` leaves it out).
 Models: the shipped weights where present; otherwise a model of the *shipped architecture* with random weights,
 which costs the same compute (labelled ``random`` in the results). Results: ``results.json`` and ``results.md``.
 """
@@ -87,13 +91,14 @@ def run_job(slide: Path, out: Path, config: dict[str, Any], task: str, workers: 
 
 
 def windows_of(store: Path, settings: Any) -> tuple[list[np.ndarray], int, int]:
-    """The exact window batches a tiled-inference stage runs over ``store/0`` (tissue blocks), read into memory.
+    """The exact window batches a tiled-inference stage runs over ``store/0`` (its window grid over the tissue
+    chunks, batched per window row and width), read into memory.
 
-    Returns ``(batches, pixels forwarded, pixels owned)``; mirrors :func:`wsi_pipeline.infer.predict_zarr`.
+    Returns ``(batches, pixels forwarded, tissue pixels)``; the plan is :func:`wsi_pipeline.infer.plan_windows`.
     """
     import zarr
 
-    from wsi_pipeline.infer import window_starts
+    from wsi_pipeline.infer import plan_windows
     from wsi_pipeline.infer.layout import Layout
     from wsi_pipeline.tiling import read_store_info, tissue_chunks
 
@@ -101,28 +106,18 @@ def windows_of(store: Path, settings: Any) -> tuple[list[np.ndarray], int, int]:
     geometry, tissue = info.geometry, tissue_chunks(store, info)
     src = zarr.open_array(str(store / "0"), mode="r")
     layout = Layout.of(src)
-    (height, width), t, cfg = geometry.shape, geometry.tile, settings
-    halo, bc = cfg.effective_halo, cfg.block_chunks
-    batches, forwarded, owned = [], 0, 0
-    for cy in range(0, tissue.shape[0], bc):
-        for cx in range(0, tissue.shape[1], bc):
-            sub = tissue[cy:cy + bc, cx:cx + bc]
-            if not sub.any():
-                continue
-            owned += int(sub.sum()) * t * t
-            y0, y1 = cy * t, min((cy + bc) * t, height)
-            x0, x1 = cx * t, min((cx + bc) * t, width)
-            ry0, ry1, rx0, rx1 = max(y0 - halo, 0), min(y1 + halo, height), max(x0 - halo, 0), min(x1 + halo, width)
-            region = layout.read(src, slice(ry0, ry1), slice(rx0, rx1)).transpose(2, 0, 1)
-            h, w = region.shape[1:]
-            wh, ww = min(cfg.window, h), min(cfg.window, w)
-            pos = [(y, x) for y in window_starts(h, wh, min(cfg.overlap, wh - 1))
-                   for x in window_starts(w, ww, min(cfg.overlap, ww - 1))]
-            for i in range(0, len(pos), cfg.batch_size):
-                batch = np.stack([region[:, y:y + wh, x:x + ww] for y, x in pos[i:i + cfg.batch_size]])
-                batches.append(np.ascontiguousarray(batch))
-                forwarded += batch.shape[0] * wh * ww
-    return batches, forwarded, owned
+    plan = plan_windows(geometry.shape, (geometry.tile, geometry.tile), settings, tissue)
+    batches = []
+    for y, h, kept in plan.rows:
+        region = layout.read(src, slice(y, y + h), slice(kept[0][0], kept[-1][0] + kept[-1][1])).transpose(2, 0, 1)
+        by_width: dict[int, list[int]] = {}
+        for x, w in kept:
+            by_width.setdefault(w, []).append(x - kept[0][0])
+        for w, xs in by_width.items():
+            for i in range(0, len(xs), settings.batch_size):
+                batches.append(np.ascontiguousarray(np.stack([region[:, :, x:x + w]
+                                                              for x in xs[i:i + settings.batch_size]])))
+    return batches, plan.forwarded_px, plan.tissue_px
 
 
 def in_worker_thread(fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -284,7 +279,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sizes", default="2048,3072,4096", help="phantom sides in level-0 px (0.5 um/px)")
     p.add_argument("--workers", type=int, default=1, help="Dask threads per job (1: no oversubscription on 2 cores)")
     p.add_argument("--seed", type=int, default=11)
+    p.add_argument("--model-stage", action="store_true", help="only the side-by-side model-stage comparison")
+    p.add_argument("--no-model-stage", action="store_true", help="leave the side-by-side comparison out")
+    p.add_argument("--side", type=int, default=4096, help="model-stage input side (px at 2 um/px)")
+    p.add_argument("--rounds", type=int, default=3, help="model-stage rounds (interleaved, median)")
+    p.add_argument("--threads", type=int, default=2, help="model-stage torch threads")
     args = p.parse_args(argv)
+    if args.model_stage:
+        side_by_side(args.out.resolve(), side=args.side, rounds=args.rounds, threads=args.threads)
+        return
     from workflows.job_config import JobConfig
     from workflows.slide_job import slide_stem
     from wsi_pipeline.synth import write_phantom
@@ -340,6 +343,23 @@ def main(argv: list[str] | None = None) -> None:
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "results.md").write_text(to_markdown(results))
     print(to_markdown(results))
+    if not args.no_model_stage:
+        side_by_side(out, side=args.side, rounds=args.rounds, threads=args.threads)
+
+
+def side_by_side(out: Path, *, side: int, rounds: int, threads: int) -> dict[str, Any]:
+    """The model-stage comparison into ``out/model-stage.json`` and ``.md``."""
+    from .model_stage import compare
+    from .model_stage import to_markdown as model_stage_markdown
+
+    folder = out / "model-stage"
+    folder.mkdir(parents=True, exist_ok=True)
+    res = compare(folder, side=side, rounds=rounds, threads=threads)
+    (out / "model-stage.json").write_text(json.dumps(res, indent=2))
+    text = model_stage_markdown(res)
+    (out / "model-stage.md").write_text(text)
+    print(text)
+    return res
 
 
 def to_markdown(r: dict[str, Any]) -> str:

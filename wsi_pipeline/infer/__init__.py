@@ -9,18 +9,20 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # static view for mypy and IDEs; at run time the names load on first use
-    from .blend import predict_tiled, window_starts, window_weights
+    from .blend import predict_tiled, window_spans, window_starts, window_weights
     from .layout import Layout
     from .predictor import TorchPredictor, measure_receptive_radius, resolve_device
     from .tiled import (
         TiledInferenceConfig,
         cached_predictor,
         clear_predictor_cache,
+        plan_windows,
         predict_zarr,
     )
 
 _EXPORTS = {
     "predict_tiled": "blend",
+    "window_spans": "blend",
     "window_starts": "blend",
     "window_weights": "blend",
     "Layout": "layout",
@@ -30,6 +32,7 @@ _EXPORTS = {
     "TiledInferenceConfig": "tiled",
     "cached_predictor": "tiled",
     "clear_predictor_cache": "tiled",
+    "plan_windows": "tiled",
     "predict_zarr": "tiled",
 }
 
@@ -40,9 +43,11 @@ __all__ = [  # sorted(_EXPORTS), spelled out so linters see the re-exports
     "cached_predictor",
     "clear_predictor_cache",
     "measure_receptive_radius",
+    "plan_windows",
     "predict_tiled",
     "predict_zarr",
     "resolve_device",
+    "window_spans",
     "window_starts",
     "window_weights",
 ]

@@ -47,6 +47,39 @@ def window_starts(length: int, window: int, overlap: int) -> list[int]:
     return starts
 
 
+def window_spans(length: int, window: int, overlap: int, *, multiple: int = 1) -> list[tuple[int, int]]:
+    """``(start, size)`` of windows covering ``[0, length)`` that step by ``window - overlap``; the last one is flush
+    with the end and only as large as it must be (the rest, overlapping its neighbour by at least ``overlap``,
+    rounded up to ``multiple`` and to at least half a window, so it keeps some context), instead of a full window
+    that recomputes most of its neighbour: 608-px windows over 4096 px forward 1.12x the pixels per axis, not 1.19x.
+
+    >>> window_spans(4096, 608, 64, multiple=32)[-2:], window_spans(300, 512, 64)
+    ([(3264, 608), (3776, 320)], [(0, 300)])
+    """
+    if length <= window:
+        return [(0, length)]
+    stride = window - overlap
+    spans, start = [], 0
+    while start + window < length:
+        spans.append((start, window))
+        start += stride
+    need = max(length - start, window // 2)  # start = the previous window's end - overlap
+    size = min(window, -(-need // multiple) * multiple, length)
+    spans.append((length - size, size))
+    return spans
+
+
+def add_window(acc: np.ndarray, wsum: np.ndarray, pred: np.ndarray, y: int, x: int, *, kind: WeightKind,
+               margin: int, borders: tuple[bool, bool, bool, bool], rows: tuple[int, int] | None = None) -> None:
+    """Add one window's ``(C, h, w)`` prediction, weighted, at ``(y, x)`` of ``acc`` ``(C, H, W)`` and its weight
+    into ``wsum``; ``rows=(r0, r1)`` adds only the window's rows ``r0:r1`` (the first at ``y``)."""
+    h, w = pred.shape[1:]
+    r0, r1 = rows if rows is not None else (0, h)
+    wmap = _weights((h, w), kind, margin, borders)[r0:r1]
+    acc[:, y : y + r1 - r0, x : x + w] += pred[:, r0:r1].astype(np.float32, copy=False) * wmap
+    wsum[y : y + r1 - r0, x : x + w] += wmap
+
+
 @lru_cache(maxsize=256)
 def _profile(n: int, kind: str, margin: int, at_start: bool, at_end: bool) -> np.ndarray:
     """1-D weight profile of one window side pair; flat towards image borders, zero in interior margins."""
@@ -159,10 +192,8 @@ def predict_tiled(
         if acc is None:
             acc = np.zeros((pred.shape[1], height, width), np.float32)
         for (y, x), p in zip(batch_pos, pred):
-            borders = (y == 0, y + wh == height, x == 0, x + ww == width)
-            wmap = _weights((wh, ww), weight, margin, borders)
-            acc[:, y : y + wh, x : x + ww] += p.astype(np.float32, copy=False) * wmap
-            wsum[y : y + wh, x : x + ww] += wmap
+            add_window(acc, wsum, p, y, x, kind=weight, margin=margin,
+                       borders=(y == 0, y + wh == height, x == 0, x + ww == width))
     assert acc is not None  # at least one window always exists
     acc /= wsum
     return np.ascontiguousarray(acc.transpose(1, 2, 0))

@@ -101,8 +101,10 @@ class G2CModel:
         return self
 
 
-def _autocast(device: torch.device) -> torch.autocast:
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+def _autocast(device: torch.device, amp: bool | None = None) -> torch.autocast:
+    """bf16 autocast: on CUDA by default; on CPU only when asked (``amp=True``: measured slower without AVX-512 BF16,
+    see docs/benchmarks.md)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" if amp is None else amp)
 
 
 def _to_unit(batch: NDArray[np.uint8], device: torch.device) -> torch.Tensor:
@@ -127,7 +129,7 @@ def generate_stains(
 
 @torch.inference_mode()
 def g2c_probabilities(
-    pas: NDArray[np.uint8], model: G2CModel, *, batch_size: int = 16, device: str = "cpu"
+    pas: NDArray[np.uint8], model: G2CModel, *, batch_size: int = 16, device: str = "cpu", amp: bool | None = None
 ) -> NDArray[np.float32]:
     """Class probabilities ``(N, K)`` of PAS crops ``(N, H, W, 3)`` uint8: generators on the crops, then G2C.
 
@@ -141,7 +143,7 @@ def g2c_probabilities(
     probs = []
     for i in range(0, len(pas), batch_size):
         x = _to_unit(pas[i:i + batch_size], dev)
-        with _autocast(dev):
+        with _autocast(dev, amp):
             generated = [(g(x * 2 - 1) + 1) / 2 for g in model.generators.values()]
             logits = model.classifier(torch.stack([x, *generated], dim=1))
         probs.append(torch.softmax(logits.float() / model.temperature, dim=1).cpu().numpy())
