@@ -10,10 +10,11 @@ import openslide
 from ..errors import SlideError
 from .base import Slide, TileDecoder, TileGrid
 from .openslide_backend import OpenSlideSlide
+from .scale import MPP_RANGE, check_mpp_value, check_scale, check_upsample
 from .tifffile_backend import TiffSlide
 from .tiles import TiffTileDecoder
 
-__all__ = ["Slide", "TileDecoder", "TileGrid", "OpenSlideSlide", "TiffSlide", "TiffTileDecoder", "open_slide",
+__all__ = ["MPP_RANGE", "check_mpp_value", "check_scale", "check_upsample", "Slide", "TileDecoder", "TileGrid", "OpenSlideSlide", "TiffSlide", "TiffTileDecoder", "open_slide",
            "choose_backend"]
 
 BACKENDS = ("auto", "openslide", "tifffile")

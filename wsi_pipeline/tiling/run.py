@@ -34,7 +34,7 @@ import numpy as np
 from shapely.geometry import MultiPolygon, mapping
 
 from ..errors import NoTissueError, SlideError
-from ..slide import Slide, open_slide
+from ..slide import Slide, check_upsample, open_slide
 from ..slide.tiles import TiffTileDecoder
 from ..tissue import TissueResult, detect_tissue, mask_to_polygons
 from .plan import (
@@ -103,6 +103,8 @@ def tile_slide(
     with opened if opened is not None else contextlib.nullcontext():
         slide_path = Path(src.path).resolve()
         mpp0 = _mean_mpp(src)
+        if mpp0 is not None and config.mpp is not None:
+            check_upsample(mpp0, config.mpp, max_upsample=config.max_upsample, path=slide_path)
         try:
             plan = plan_tiling(src.level_dimensions, src.level_downsamples, mpp0, target_mpp=config.mpp,
                                tile=config.tile, task_px=config.task_px, mpp_rtol=config.mpp_tolerance)
