@@ -70,6 +70,8 @@ from .slide_job import slide_stem
 
 #: seconds between checks of futures, timeouts and worker liveness
 POLL_S = 0.2
+#: least seconds between two progress events of one slide (Dask events go through the scheduler)
+PROGRESS_EVERY_S = 1.0
 
 
 # -- the task, on a worker ----------------------------------------------------------------------------------------
@@ -99,10 +101,19 @@ def slide_step(item: SlideTask, config: JobConfig, *, step: str, topic: str | No
             worker.log_event(topic, {"kind": kind, "index": item.index, "step": step, "worker": worker.address,
                                      "pid": os.getpid(), **extra})
 
+    last = [0.0]
+
+    def progress(stage: str, done: int, total: int) -> None:
+        now = time.monotonic()  # at most one event a second per slide, plus each stage's first and last
+        if done in (0, total) or now - last[0] >= PROGRESS_EVERY_S:
+            last[0] = now
+            emit("progress", stage=stage, done=done, total=total)
+
     emit("start")
     entry = run_slide(item.slide, item.out_dir, config=config, task=item.task, mpp_override=item.mpp_override,
                       annotations=item.annotations, workers=threads, stem=item.stem,
-                      until="tile" if step == "tile" else None, on_stage=lambda s: emit("stage", stage=s))
+                      until="tile" if step == "tile" else None, on_stage=lambda s: emit("stage", stage=s),
+                      on_progress=progress)
     entry["worker"] = worker.address if worker is not None else None
     entry = json.loads(json.dumps(entry, default=str))  # plain types: it also travels as an event
     emit("end", entry=entry)  # the client has the entry even if this worker dies before the result is fetched
@@ -158,6 +169,7 @@ class SlideState:
     pid: int | None = None
     started: float | None = None  # monotonic time the current attempt started on a worker
     stage: str | None = None
+    progress: tuple[str, int, int, float] | None = None  # stage, units done, total, when the stage started (client)
     attempts: Counter[str] = field(default_factory=Counter)
     parts: list[dict[str, Any]] = field(default_factory=list)
     entry: dict[str, Any] | None = None
@@ -333,6 +345,10 @@ class _Runner:
                 s.started, s.worker, s.pid, s.stage = time.monotonic(), msg["worker"], msg["pid"], None
             elif msg["kind"] == "stage":
                 s.stage = msg["stage"]
+            elif msg["kind"] == "progress":
+                since = s.progress[3] if s.progress is not None and s.progress[0] == msg["stage"] else time.monotonic()
+                s.stage = msg["stage"]
+                s.progress = (msg["stage"], int(msg["done"]), int(msg["total"]), since)
             elif msg["kind"] == "end":
                 # the step's entry, sent just before the task returns: no need to fetch the result from a worker
                 # that may die meanwhile (a lost result would be recomputed)

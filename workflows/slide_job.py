@@ -48,6 +48,7 @@ from wsi_pipeline.weights import WeightsRef, resolve_weights
 
 from . import slide_ops as ops
 from .job_config import TASKS, JobConfig
+from .report import StageBars
 from .slide_plan import ClassifierSettings, SegSettings, SlidePlan, classifier_settings, seg_settings
 from .stages import STAGES_DIR, StageBook, StageRecord, Stopwatch, digest_of, file_sha256
 
@@ -70,11 +71,14 @@ def run_slide(slide_path: str | os.PathLike[str], out_dir: str | os.PathLike[str
               task: str = "full", mpp_override: float | None = None, annotations: str | None = None,
               workers: int | None = None, scheduler: str | None = "threads", progress: bool = False,
               stem: str | None = None, until: str | None = None,
-              on_stage: Callable[[str], None] | None = None) -> dict[str, Any]:
+              on_stage: Callable[[str], None] | None = None,
+              on_progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
     """Run ``task`` on one slide into ``out_dir/<stem>``; returns its report entry (never raises for bad input).
 
     ``until="tile"`` stops after tiling (the batch layer runs tiling and the model stages as separate tasks, so
-    CPU workers tile while GPU workers infer); ``on_stage(name)`` is called before a stage body runs.
+    CPU workers tile while GPU workers infer); ``on_stage(name)`` is called before a stage body runs and
+    ``on_progress(stage, done, total)`` after each unit of its work (tile tasks, segmentation / translation blocks,
+    glomeruli classified); without it, ``progress=True`` draws a bar with an ETA per stage on the console.
     """
     if task not in TASKS:
         raise ValueError(f"task={task!r}: expected one of {TASKS}")
@@ -84,7 +88,7 @@ def run_slide(slide_path: str | os.PathLike[str], out_dir: str | os.PathLike[str
     stem = stem or slide_stem(path)
     job = _SlideJob(path, Path(out_dir).resolve() / stem, config=config, task=task, mpp_override=mpp_override,
                     annotations=annotations, workers=workers, scheduler=scheduler, progress=progress, until=until,
-                    on_stage=on_stage)
+                    on_stage=on_stage, on_progress=on_progress)
     t0 = time.perf_counter()
     entry: dict[str, Any] = {"input": str(path), "output": str(job.slide_dir), "task": task}
     try:
@@ -122,7 +126,8 @@ class _SlideJob:
 
     def __init__(self, path: Path, slide_dir: Path, *, config: JobConfig, task: str, mpp_override: float | None,
                  annotations: str | None, workers: int | None, scheduler: str | None, progress: bool,
-                 until: str | None = None, on_stage: Callable[[str], None] | None = None) -> None:
+                 until: str | None = None, on_stage: Callable[[str], None] | None = None,
+                 on_progress: Callable[[str, int, int], None] | None = None) -> None:
         self.path, self.slide_dir, self.config, self.task = path, slide_dir, config, task
         self.mpp_override, self.annotations = mpp_override, annotations
         self.workers, self.scheduler, self.progress = workers, scheduler, progress
@@ -134,6 +139,14 @@ class _SlideJob:
         self.ran: list[str] = []
         self.skipped: list[str] = []
         self.until, self.on_stage = until, on_stage
+        self.on_progress = on_progress if on_progress is not None else (StageBars(path.name) if progress else None)
+
+    def ticker(self, stage: str) -> Callable[[int, int], None] | None:
+        """``progress(done, total)`` of one stage, or ``None`` when nobody follows the job."""
+        report = self.on_progress
+        if report is None:
+            return None
+        return lambda done, total: report(stage, done, total)
 
     # -- bookkeeping -------------------------------------------------------------------------------------------
     def stage(self, name: str, digest: str, body: Callable[[], tuple[list[Path], dict[str, Any]]]) -> StageRecord:
@@ -193,7 +206,7 @@ class _SlideJob:
         seg_digest = digest_of("segment", tile_digest, seg.to_dict(), cfg.device)
         self.stage("segment", seg_digest, lambda: ([self.store / "seg"], {
             "seg_chunks": ops.segment(self.store, seg, tissue=plan.tissue, device=cfg.device,
-                                      scheduler=self.scheduler)}))
+                                      scheduler=self.scheduler, progress=self.ticker("segment"))}))
         poly_digest = digest_of("polygons", seg_digest, cfg.polygons.to_dict(), seg.min_area_um2)
         shapes = self.produce("polygons", poly_digest, self.slide_dir / STAGES_DIR / "polygons.geojson",
                               lambda: self.find_polygons(seg), save=_save_shapes, load=read_geojson)
@@ -217,8 +230,9 @@ class _SlideJob:
         digest = digest_of("tile", tcfg.to_dict(), plan.source)
 
         def body() -> tuple[list[Path], dict[str, Any]]:
+            tick = self.ticker("tile")
             kw: dict[str, Any] = {"config": tcfg, "workers": self.workers, "mpp_override": self.mpp_override,
-                                  "progress": self.progress}
+                                  "progress": tick if tick is not None else False}
             try:
                 res = tile_slide(plan.slide, self.store, **kw)
             except StoreError:
@@ -263,7 +277,8 @@ class _SlideJob:
     def classify(self, digest: str, shapes: list[Annotation], cls: ClassifierSettings) -> dict[str, Any]:
         """G2C's result per annotation id (stage ``classify``; ``stages/classes.json`` for a later run)."""
         def compute() -> tuple[dict[str, Any], dict[str, Any]]:
-            results = ops.classify(self.plan.slide, [a.geometry for a in shapes], cls, device=self.config.device)
+            results = ops.classify(self.plan.slide, [a.geometry for a in shapes], cls, device=self.config.device,
+                                   progress=self.ticker("classify"))
             return ({a.id: r for a, r in zip(shapes, results)},
                     {"classes": dict(Counter(r["class"] for r in results))})
 
@@ -323,7 +338,7 @@ class _SlideJob:
         geometry = info.geometry
         with Stopwatch() as generator_time:
             arr = ops.translate(self.store, stain, ref, inference, tissue=tissue, device=self.config.device,
-                                scheduler=self.scheduler)
+                                scheduler=self.scheduler, progress=self.ticker(f"translate-{stain}"))
         geo = {"origin_level0": list(geometry.origin), "scale_level0": list(geometry.scale), "mpp": geometry.mpp,
                "shape": list(geometry.shape), "generator": ref.label}
         arr.attrs["geometry"] = geo

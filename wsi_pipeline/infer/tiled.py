@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 import dask
+import dask.callbacks
 import numpy as np
 import zarr
 from pydantic import model_validator
@@ -183,6 +184,7 @@ def predict_zarr(
     name: str = "prob",
     chunk_mask: np.ndarray | None = None,
     scheduler: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> zarr.Array:
     """Blended tiled inference of the zarr image ``src`` into ``dst[name]``: same size, spatial chunks and axis
     layout (``(c, y, x)`` sources such as the tiling store give ``(out_channels, H, W)``; otherwise ``H x W x C``).
@@ -191,6 +193,7 @@ def predict_zarr(
     :func:`wsi_pipeline.tiling.tissue_chunks`) marks chunks to predict; the others are never written and read back as the fill value 0. ``scheduler`` goes
     to ``dask.compute`` (``None``: the active distributed client or Dask's default). ``predictor_factory`` must
     be picklable for process-based schedulers (a ``functools.partial`` of a module-level loader is).
+    ``progress(done, total)`` is called after each block of chunks is written (in-process schedulers).
     """
     arr = _open_source(src)
     layout = Layout.of(arr)
@@ -218,6 +221,16 @@ def predict_zarr(
         # the pool threads share one model: build it here, so torch also starts its own thread pool from the
         # calling thread (a first forward from a pool thread made the segmentation stage 2-3x slower on CPU)
         cached_predictor(predictor_factory)
-    written = sum(dask.compute(*tasks, scheduler=scheduler)) if tasks else 0
+    done = [0]
+
+    def tick(key: object, *_: object) -> None:  # Dask's posttask hook, on the scheduling thread
+        if progress is not None and str(key).startswith("_predict_block"):
+            done[0] += 1
+            progress(done[0], len(tasks))
+
+    if progress is not None:
+        progress(0, len(tasks))
+    with dask.callbacks.Callback(posttask=tick):
+        written = sum(dask.compute(*tasks, scheduler=scheduler)) if tasks else 0
     out.attrs["chunks_written"] = int(written)
     return out
