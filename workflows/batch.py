@@ -201,6 +201,15 @@ class BatchState:
 EventHook = Callable[[BatchState, dict[str, Any]], None]
 
 
+class BatchInterrupted(KeyboardInterrupt):
+    """The batch was interrupted; ``entries`` are every slide's, the unfinished ones ``interrupted`` (both reports
+    are written)."""
+
+    def __init__(self, entries: list[dict[str, Any]]) -> None:
+        super().__init__("interrupted")
+        self.entries = entries
+
+
 def run_batch(slides: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str], *, client: Any,
               config: JobConfig, task: str = "full", stems: Sequence[str] | None = None,
               mpp_override: float | None = None, annotations: str | None = None, timeout: float | None = None,
@@ -258,15 +267,42 @@ class _Runner:
                     if s.entry is None and s.future is not None and s.future.done():
                         self.collect(s)
                 self.enforce_timeout(time.monotonic())
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM turned into one by the command
+            self.interrupt()
+            raise BatchInterrupted(self.state.finished) from None
         finally:
             with contextlib.suppress(Exception):
                 self.client.unsubscribe_topic(self.topic)
-            for s in self.state.slides:  # interrupted (Ctrl-C): leave nothing running on a shared cluster
+            for s in self.state.slides:  # interrupted: leave nothing running on a shared cluster
                 if s.entry is None and s.future is not None:
                     with contextlib.suppress(Exception):
                         s.future.cancel()
         self.write_reports()
         return self.state.finished
+
+    def interrupt(self) -> None:
+        """Every unfinished slide becomes an ``interrupted`` entry (what it finished is kept), in both reports."""
+        for s in self.state.slides:
+            if s.entry is not None:
+                continue
+            with contextlib.suppress(Exception):
+                if s.future is not None:
+                    s.future.cancel()
+            under_way = s.future is not None or bool(s.parts)
+            where = f"during {s.step or 'its next step'}" + (f", stage {s.stage}" if s.stage else "")
+            entry = merge_steps(s.parts) if s.parts else self.blank_entry(s)
+            entry.update(status="interrupted",
+                         reason=(f"{s.path}: interrupted {where}; re-run the same command to resume" if under_way
+                                 else f"{s.path}: not started (interrupted)"))
+            entry["attempts"] = max(s.attempts.values(), default=0)
+            s.entry, s.future = entry, None
+        self.notes.append(f"interrupted at {time.strftime('%Y-%m-%d %H:%M:%S')}: re-run the same command to resume")
+        with contextlib.suppress(Exception):
+            self.write_reports()
+
+    def blank_entry(self, s: SlideState) -> dict[str, Any]:
+        return {"input": str(s.path), "output": str(self.out / s.stem), "task": self.task, "timings": {},
+                "stages_run": [], "stages_skipped": [], "counts": {}, "outputs": {}}
 
     # -- steps ---------------------------------------------------------------------------------------------------
     def fill(self) -> None:
@@ -314,9 +350,7 @@ class _Runner:
         self.fill()
 
     def fail(self, s: SlideState, reason: str, *, detail: str = "") -> None:
-        entry = merge_steps(s.parts) if s.parts else {"input": str(s.path), "output": str(self.out / s.stem),
-                                                      "task": self.task, "timings": {}, "stages_run": [],
-                                                      "stages_skipped": [], "counts": {}, "outputs": {}}
+        entry = merge_steps(s.parts) if s.parts else self.blank_entry(s)
         entry.update(status="failed", reason=reason)
         with contextlib.suppress(OSError):
             atomic_write_text(self.out / s.stem / "job.log", f"{s.path}\n{reason}\n{detail}")
@@ -438,6 +472,6 @@ def _failure_reason(path: Path, exc: BaseException | None, status: str) -> str:
     return f"{path}: task {status}"
 
 
-__all__ = ["GPU_RESOURCE", "SLIDE_RESOURCE", "THREADS_ENV", "BatchState", "Cluster", "ClusterOptions", "SlideState",
+__all__ = ["GPU_RESOURCE", "SLIDE_RESOURCE", "THREADS_ENV", "BatchInterrupted", "BatchState", "Cluster", "ClusterOptions", "SlideState",
            "SlideTask", "local_layout", "merge_steps", "open_cluster", "run_batch", "slide_slots", "slide_step",
            "slide_threads", "step_resources"]

@@ -22,7 +22,7 @@ from wsi_pipeline.atomic import atomic_write_json, atomic_write_text
 
 #: extensions openslide or the tifffile backend open (MRXS: the .mrxs file; its data folder is found by openslide)
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".dcm")
-STATUSES = ("ok", "skipped", "no-tissue", "failed")
+STATUSES = ("ok", "skipped", "no-tissue", "failed", "interrupted")
 
 
 #: our own non-slide TIFFs found next to slides (the phantom's label masks, ``wsi-pipeline synth``)
@@ -158,7 +158,7 @@ def summary_table(entries: Sequence[dict[str, Any]], *, title: str = "wsi-pipeli
     """A rich table: slide, status, glomeruli / classes, seconds, reason."""
     from rich.table import Table
 
-    colours = {"ok": "green", "skipped": "cyan", "no-tissue": "yellow", "failed": "red"}
+    colours = {"ok": "green", "skipped": "cyan", "no-tissue": "yellow", "failed": "red", "interrupted": "magenta"}
     table = Table(title=title)
     for col in ("slide", "status", "glomeruli", "classes", "stages run", "s", "reason / output"):
         table.add_column(col, overflow="fold")
@@ -219,6 +219,23 @@ class StageBars:
             if done >= total:
                 self._bar.close()
                 self._bar = None
+
+
+def print_summary(entries: Sequence[dict[str, Any]], *, title: str = "wsi-pipeline run", file: Any = None) -> None:
+    """Print :func:`summary_table` to stdout (or ``file``); written to a file or a pipe the table is as wide as its
+    longest row instead of 80 columns, so reasons stay on one line in a log."""
+    from rich.console import Console
+
+    console = Console(file=file)
+    if not console.is_terminal:
+        console = Console(file=file, width=100_000, no_color=True)
+    table = summary_table(entries, title=title)
+    if not console.is_terminal:
+        table.title_justify = "left"
+        for column in table.columns:
+            column.overflow = "ignore"
+            column.no_wrap = True
+    console.print(table)
 
 
 class BatchProgress:
@@ -298,5 +315,5 @@ def _slide_progress(s: Any, now: float) -> str:
     return progress_text(stage, done, total, now - since)
 
 
-__all__ = ["SLIDE_SUFFIXES", "STAGE_UNITS", "STATUSES", "BatchProgress", "StageBars", "progress_text", "discover", "is_slide_file", "summary_table",
+__all__ = ["SLIDE_SUFFIXES", "STAGE_UNITS", "STATUSES", "BatchProgress", "StageBars", "print_summary", "progress_text", "discover", "is_slide_file", "summary_table",
            "unique_stems", "write_markdown", "write_report"]

@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 import dask
 
 from wsi_pipeline.annotations import Annotation, Feature, as_written, read_features, read_geojson, write_geojson
-from wsi_pipeline.atomic import atomic_write_json, atomic_write_text
+from wsi_pipeline.atomic import atomic_write_json, atomic_write_text, remove_stale_temps
 from wsi_pipeline.errors import AnnotationError, NoTissueError, StoreError, WsiPipelineError
 from wsi_pipeline.export.tiff import write_pyramidal_tiff
 from wsi_pipeline.infer import TiledInferenceConfig
@@ -183,6 +183,9 @@ class _SlideJob:
 
     # -- the job -----------------------------------------------------------------------------------------------
     def run(self) -> None:
+        # what a killed run of this slide left half-written (hidden .tmp files, zarr .partial chunks): never read,
+        # so removed before anything is written (one job per output folder: the batch holds its lock)
+        remove_stale_temps(self.slide_dir)
         # opening first fails fast (and cheaply) on unreadable files, before any work; the slide stays open
         with SlidePlan.open(self.path, self.slide_dir, mpp_override=self.mpp_override) as plan:
             self.plan = plan
