@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import logging
 import os
 import signal
 import threading
@@ -128,7 +129,15 @@ def open_cluster(options: ClusterOptions, *, n_slides: int) -> Iterator[Cluster]
         finally:
             client.close()
     finally:
-        cluster.close()
+        # every task has ended here: a worker slow to exit is killed with nothing lost, so its nanny's
+        # "still alive after N seconds, killing" warning is noise
+        nanny = logging.getLogger("distributed.nanny")
+        level = nanny.level
+        nanny.setLevel(logging.ERROR)
+        try:
+            cluster.close()
+        finally:
+            nanny.setLevel(level)
 
 
 @contextlib.contextmanager

@@ -95,6 +95,8 @@ def command(inputs: tuple[Path, ...], out_dir: Path, config_path: Path | None, t
     if annotations is not None and len(slides) != 1:
         raise click.UsageError("--annotations needs exactly one slide")
     console = Console(stderr=True)
+    if not console.is_terminal:  # a log file: one line per message, never wrapped at 80 columns
+        console = Console(stderr=True, width=100_000, no_color=True)
     previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops the batch like Ctrl-C
     try:
         with output_lock(out_dir):

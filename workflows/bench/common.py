@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import resource
+from types import SimpleNamespace
+from typing import Any
 
 
 def peak_rss_mib() -> float:
@@ -19,3 +21,25 @@ def peak_rss_mib() -> float:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # elsewhere: KiB on Linux, the best there is
+
+
+def threads_options(default: int, what: str) -> Any:
+    """``--threads N`` (threads of one slide job: Dask's threaded scheduler and PyTorch) and its old spelling
+    ``--workers`` (hidden; ``--workers`` counts worker processes everywhere else), stored as ``workers``."""
+    import click
+
+    def decorate(fn: Any) -> Any:
+        fn = click.option("--workers", "legacy_workers", type=click.IntRange(min=1), default=None, hidden=True,
+                          help="Old name of --threads.")(fn)
+        return click.option("--threads", "workers", type=click.IntRange(min=1), default=default, show_default=True,
+                            help=what)(fn)
+
+    return decorate
+
+
+def namespace(kw: dict[str, Any]) -> SimpleNamespace:
+    """The parsed options as attributes (``--workers`` folded into ``--threads``)."""
+    legacy = kw.pop("legacy_workers", None)
+    if legacy is not None:
+        kw["workers"] = legacy
+    return SimpleNamespace(**kw)

@@ -20,7 +20,6 @@ which costs the same compute (labelled ``random`` in the results). Results: ``re
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import multiprocessing as mp
@@ -29,9 +28,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import click
 import numpy as np
 
-from .common import peak_rss_mib
+from .common import namespace, peak_rss_mib, threads_options
 
 SHIPPED_ARCH: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {  # the shipped recipes' architectures (configs/train-*.yaml), for stand-ins with random weights
     "g2c": ("g2c", {"stains": ["HE", "MASSON", "PASM"], "generator": {"ngf": 16, "n_blocks": 6},
@@ -278,13 +278,30 @@ def _overheads_job(queue: Any, slide_dir: str, slide: str, config: dict[str, Any
                         classify=classify))
 
 
+@click.command(name="pipeline")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-out/pipeline"),
+              show_default=True, help="Output folder (slides, jobs, results.json, results.md).")
+@click.option("--sizes", default="2048,3072,4096", show_default=True,
+              help="Phantom sides in level-0 px (0.5 um/px), comma-separated.")
+@threads_options(1, "Threads of each slide job (1: no oversubscription on 2 cores).")
+@click.option("--seed", type=int, default=11, show_default=True, help="Phantom layout seed.")
+def command(**kw: Any) -> None:
+    """The end-to-end slide job on synthetic slides: time per stage, peak RSS, overhead over the model passes."""
+    args = namespace(kw)
+    try:
+        if not all(int(s) >= 256 for s in args.sizes.split(",")):
+            raise ValueError
+    except ValueError:
+        raise click.BadParameter(f"{args.sizes!r}: expected sides >= 256 px, e.g. 2048,4096",
+                                 param_hint="--sizes") from None
+    _run(args)
+
+
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=Path("bench-out/pipeline"))
-    p.add_argument("--sizes", default="2048,3072,4096", help="phantom sides in level-0 px (0.5 um/px)")
-    p.add_argument("--workers", type=int, default=1, help="Dask threads per job (1: no oversubscription on 2 cores)")
-    p.add_argument("--seed", type=int, default=11)
-    args = p.parse_args(argv)
+    command.main(args=argv, prog_name="wsi-pipeline bench pipeline")
+
+
+def _run(args: Any) -> None:
     from workflows.job_config import JobConfig
     from workflows.slide_job import slide_stem
     from wsi_pipeline.synth import write_phantom
