@@ -13,11 +13,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tifffile
+from click.testing import CliRunner
 from test_run_cli import disc_slide
 from test_slide_job import job_config_file, save_models
 
+from workflows.cli import cli as group
 from workflows.lock import LOCK_NAME, OutputLockedError, output_lock
 from wsi_pipeline.atomic import remove_stale_temps
 from wsi_pipeline.errors import SlideError
@@ -60,7 +63,7 @@ def test_scanner_metadata_passes_and_implausible_values_fail(fixtures_dir: Path,
         check_scale(slide)
     # a converter's TIFF with a microscope-scale resolution tag (0.25 um/px = 40,000 px/cm) is trusted
     fine = tmp_path / "fine.tif"
-    tifffile.imwrite(fine, (tifffile.numpy.zeros((64, 64, 3)) + 200).astype("uint8"), tile=(16, 16),
+    tifffile.imwrite(fine, np.full((64, 64, 3), 200, np.uint8), tile=(16, 16), photometric="rgb",
                      resolution=(40000, 40000), resolutionunit="CENTIMETER")
     with open_slide(fine, backend="tifffile") as slide:
         assert slide.mpp == pytest.approx((0.25, 0.25))
@@ -104,11 +107,12 @@ def test_72_dpi_tiff_refused_quickly_by_tile_and_run(fixtures_dir: Path, tmp_pat
     (["run", "IN", "--out", "OUT", "--slide-timeout", "inf"], "'inf' is not a finite number"),
     (["run", "IN", "--out", "OUT", "--retries", "-1"], "'--retries': -1 is not in the range x>=0"),
     (["run", "MISSING", "--out", "OUT"], "MISSING: no such file or folder"),
-    (["run", "IN", "--out", "FILE"], "is a file, not a folder"),
+    (["run", "IN", "--out", "FILE"], "is a file"),
     (["tile", "SLIDE", "--out", "OUT/s.zarr", "--mpp-override=-1"], "'--mpp-override': -1 is not in the range"),
     (["tile", "SLIDE", "--out", "OUT/s.zarr", "--mpp", "nan"], "'nan' is not a finite number"),
     (["tile", "SLIDE", "--out", "OUT/s.zarr", "--tile", "3"], "'--tile': 3 is not in the range 16<=x<=8192"),
-    (["demo", "--out", "FILE"], "is a file, not a folder"),
+    (["demo", "--out", "FILE"], "is a file"),
+    (["run", "IN", "--out", "FILE/sub"], "is a file, not a folder"),
     (["demo", "--out", "OUT", "--size", "10"], "'--size': 10 is not in the range"),
     (["train", "segmenter", "--config", "MISSING.yaml"], "'MISSING.yaml' does not exist"),
     (["bench", "batch", "--slides", "0"], "'--slides': 0 is not in the range x>=1"),
@@ -121,21 +125,32 @@ def test_bad_options_are_one_line_errors_before_any_cluster(tmp_path: Path, fixt
     subs = {"IN": str(tmp_path / "IN"), "OUT": str(tmp_path / "OUT"), "FILE": str(tmp_path / "FILE"),
             "SLIDE": str(tmp_path / "IN" / "small.svs"), "MISSING": str(tmp_path / "MISSING")}
     argv = [next((v + a[len(k):] for k, v in subs.items() if a.startswith(k)), a) for a in args]
-    res = cli(*argv)
-    assert res.returncode == 2, (res.returncode, res.stdout, res.stderr)
-    assert message.replace("MISSING", str(tmp_path / "MISSING")) in res.stderr, res.stderr
-    error_lines = [line for line in res.stderr.splitlines() if line.startswith("Error:")]
-    assert len(error_lines) == 1 and "Traceback" not in res.stderr
-    assert "cluster" not in res.stdout + res.stderr and not (tmp_path / "OUT").exists()
+    res = CliRunner().invoke(group, argv)  # the command's own click parsing, in this process
+    assert res.exit_code == 2, (res.exit_code, res.output, res.exception)
+    assert message.replace("MISSING", str(tmp_path / "MISSING")) in res.output, res.output
+    error_lines = [line for line in res.output.splitlines() if line.startswith("Error:")]
+    assert len(error_lines) == 1 and res.exception is None or isinstance(res.exception, SystemExit)
+    assert "cluster" not in res.output and not (tmp_path / "OUT").exists()
+
+
+def test_bad_options_in_a_real_process_print_one_line(tmp_path: Path, fixtures_dir: Path) -> None:
+    t0 = time.perf_counter()
+    res = cli("run", str(fixtures_dir), "--out", str(tmp_path / "out"), "--mpp-override", "-0.5")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines()[-1] == ("Error: Invalid value for '--mpp-override': -0.5 is not in the "
+                                                   "range [0.05, 20] um/px")
+    res = cli("tile", str(fixtures_dir / "small.svs"), "--out", str(tmp_path / "s.zarr"), "--mpp-override=-1")
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "'--mpp-override': -1 is not" in res.stderr
+    res = cli("run", str(tmp_path / "missing"), "--out", str(tmp_path / "out"))
+    assert res.returncode == 2 and f"{tmp_path / 'missing'}: no such file or folder" in res.stderr
+    assert not (tmp_path / "out").exists() and time.perf_counter() - t0 < 120  # three interpreter starts
 
 
 def test_help_is_plain_and_complete() -> None:
     import click
 
-    from workflows.cli import cli as group
-
     top = cli("--help").stdout
-    assert "..." not in top and "Process slide files and folders" in top, top
+    assert "..." not in top.split("Commands:")[1] and "Process slide files and folders" in top, top
     ctx = click.Context(group)
     commands = [(name, group.get_command(ctx, name)) for name in group.list_commands(ctx)]
     bench = dict(commands)["bench"]
@@ -146,7 +161,7 @@ def test_help_is_plain_and_complete() -> None:
         assert command is not None and command.help, name
         undocumented = [p.name for p in command.params if isinstance(p, click.Option) and not p.help]
         assert not undocumented, (name, undocumented)
-        text = cli(*name.split(), "--help").stdout
+        text = CliRunner().invoke(group, [*name.split(), "--help"], prog_name="wsi-pipeline").output
         assert text.startswith("Usage: wsi-pipeline"), (name, text[:200])
         assert ":func:" not in text and ":mod:" not in text and "``" not in text, (name, text)
 
@@ -154,7 +169,7 @@ def test_help_is_plain_and_complete() -> None:
 # -- the lock and interruption -------------------------------------------------------------------------------------
 def test_lock_refuses_a_second_holder_and_survives_a_dead_one(tmp_path: Path) -> None:
     with output_lock(tmp_path / "out"):
-        with pytest.raises(OutputLockedError, match=rf"{tmp_path / 'out'}: another wsi-pipeline job .* pid {os.getpid()}"):
+        with pytest.raises(OutputLockedError, match=rf"{tmp_path / 'out'}: another wsi-pipeline job .*pid {os.getpid()}"):
             with output_lock(tmp_path / "out"):
                 pass
     # a process that took the lock and was SIGKILLed: the kernel released it; the next run goes ahead
