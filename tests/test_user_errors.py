@@ -201,8 +201,8 @@ def test_remove_stale_temps_takes_only_temps(tmp_path: Path) -> None:
 def test_sigint_stops_the_batch_cleanly_and_a_second_run_is_refused(tmp_path: Path) -> None:
     slides = tmp_path / "in"
     slides.mkdir()
-    for name in ("a", "b", "c"):
-        disc_slide(slides / f"{name}.svs", size=2048)
+    for name in ("a", "b", "c", "d"):
+        disc_slide(slides / f"{name}.svs")
     models = save_models(tmp_path / "models")
     cfg = job_config_file(tmp_path / "models", models)
     out = tmp_path / "out"
@@ -226,14 +226,14 @@ def test_sigint_stops_the_batch_cleanly_and_a_second_run_is_refused(tmp_path: Pa
     os.killpg(first.pid, signal.SIGINT)
     rest, stdout = first.stderr.read(), first.stdout.read() if first.stdout else ""
     assert first.wait(timeout=120) == 130, (rest, stdout)
-    assert "Traceback" not in rest and "KeyboardInterrupt" not in rest and "still alive" not in rest, rest
-    assert "leaked" not in rest, rest
+    for noise in ("Traceback", "KeyboardInterrupt", "still alive", "leaked", "WARNING", "CancelledError"):
+        assert noise not in rest, rest
     lines = [line for line in rest.splitlines() if line.strip()]
     assert lines[-1].startswith("interrupted: ") and "re-run the same command to resume" in lines[-1], rest
     report = json.loads((out / "report.json").read_text())
     status = {Path(e["input"]).name: e["status"] for e in report["slides"]}
-    assert set(status) == {"a.svs", "b.svs", "c.svs"} and status["c.svs"] == "interrupted", status
-    assert report["totals"]["interrupted"] >= 2  # b and c at least (a may have finished meanwhile)
+    assert set(status) == {"a.svs", "b.svs", "c.svs", "d.svs"} and status["d.svs"] == "interrupted", status
+    assert report["totals"]["interrupted"] >= 1  # the slides still under way or waiting
     assert "interrupted" in (out / "report.md").read_text()
     assert not (out / LOCK_NAME).exists()
 
@@ -245,4 +245,4 @@ def test_sigint_stops_the_batch_cleanly_and_a_second_run_is_refused(tmp_path: Pa
     assert stray_temps(out) == [], stray_temps(out)
     # a log file keeps each row of the summary on one line
     rows = [line for line in resumed.stdout.splitlines() if ".svs" in line]
-    assert len(rows) == 3 and all(str(out) in row for row in rows), resumed.stdout
+    assert len(rows) == 4 and all(str(out) in row for row in rows), resumed.stdout

@@ -282,6 +282,10 @@ class _Runner:
 
     def interrupt(self) -> None:
         """Every unfinished slide becomes an ``interrupted`` entry (what it finished is kept), in both reports."""
+        if getattr(self.client, "cluster", None) is not None:
+            # our own local cluster closes next: its workers need not report the tasks cancelled below
+            with contextlib.suppress(Exception):
+                self.client.run(_quiet_worker_logs)
         for s in self.state.slides:
             if s.entry is not None:
                 continue
@@ -438,6 +442,12 @@ class _Runner:
         done = (f"{len(entries)}/{len(self.state.slides)} slides finished in "
                 f"{time.monotonic() - self.state.t0:.0f} s ({self.state.per_hour():.1f} slides/hour)")
         write_markdown(self.out, entries, task=self.task, notes=[*self.notes, done])
+
+
+def _quiet_worker_logs() -> None:
+    import logging
+
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)
 
 
 def merge_steps(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -94,6 +94,9 @@ def command(inputs: tuple[Path, ...], out_dir: Path, config_path: Path | None, t
         raise click.UsageError(f"no slide files found in {', '.join(map(str, inputs))}")
     if annotations is not None and len(slides) != 1:
         raise click.UsageError("--annotations needs exactly one slide")
+    # a worker killed while the cluster closes (an interrupted slide) cannot release its multiprocessing
+    # semaphore; the resource tracker, started with these warning options, would print a warning about it
+    sys.warnoptions.append("ignore:resource_tracker:UserWarning")
     console = Console(stderr=True)
     if not console.is_terminal:  # a log file: one line per message, never wrapped at 80 columns
         console = Console(stderr=True, width=100_000, no_color=True)
