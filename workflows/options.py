@@ -9,7 +9,7 @@ numbers in range, inputs that exist, an output folder that can be written. Bad v
 from __future__ import annotations
 
 import math
-import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -61,16 +61,19 @@ POSITIVE_SECONDS = FiniteFloat(0.0, unit="s")
 
 
 def writable_folder(path: Path, option: str) -> Path:
-    """``path`` if it is, or can be created as, a folder this process may write; else click's one-line error."""
+    """``path`` as a folder this process can write (created if needed, a probe file written and removed); else
+    click's one-line error naming the option, the folder and the reason."""
     probe = path
-    while not probe.exists():
-        if probe.parent == probe:
-            break
+    while not probe.exists() and probe.parent != probe:
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
         raise click.BadParameter(f"{probe} is a file, not a folder", param_hint=option)
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise click.BadParameter(f"{path}: {probe} is not writable", param_hint=option)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path, prefix=".wsi-pipeline-probe-"):
+            pass
+    except OSError as exc:
+        raise click.BadParameter(f"{path}: cannot write there ({exc.strerror or exc})", param_hint=option) from None
     return path
 
 
