@@ -174,7 +174,7 @@ def test_broken_files_fail_alone_with_named_reasons(reference: dict[str, Any], i
         assert (out / Path(name).stem / "job.log").read_text().startswith(str(inputs / name))
     assert "damaged" in report["unreadable"]["reason"] and "compression" in report["unopenable"]["reason"]
     totals = json.loads((out / "report.json").read_text())["totals"]
-    assert totals == {"ok": 3, "skipped": 0, "no-tissue": 0, "failed": 4}
+    assert totals == {"ok": 3, "skipped": 0, "no-tissue": 0, "failed": 4, "interrupted": 0}
     md = (out / "report.md").read_text()
     assert "3 ok, 0 skipped, 0 no-tissue, 4 failed" in md and "slides/hour" in md
     assert f"| c.svs | ok | {report['c']['counts']['stain']} | {report['c']['counts']['glomeruli']} |" in md

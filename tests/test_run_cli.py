@@ -46,7 +46,7 @@ def test_batch_isolates_broken_files_and_resumes(tmp_path: Path, fixtures_dir: P
     report = json.loads((out / "report.json").read_text())
     by_name = {Path(e["input"]).name: e for e in report["slides"]}
     assert set(by_name) == {"good.svs", "notes.svs", "unopenable.tiff"}
-    assert report["totals"] == {"ok": 1, "skipped": 0, "no-tissue": 0, "failed": 2}
+    assert report["totals"] == {"ok": 1, "skipped": 0, "no-tissue": 0, "failed": 2, "interrupted": 0}
     good = by_name["good.svs"]
     assert good["status"] == "ok" and good["counts"]["glomeruli"] == 3
     assert set(good["timings"]) == {"tile", "segment", "polygons", "export"}

@@ -70,6 +70,8 @@ from .slide_job import slide_stem
 
 #: seconds between checks of futures, timeouts and worker liveness
 POLL_S = 0.2
+#: least seconds between two progress events of one slide (Dask events go through the scheduler)
+PROGRESS_EVERY_S = 1.0
 
 
 # -- the task, on a worker ----------------------------------------------------------------------------------------
@@ -99,10 +101,19 @@ def slide_step(item: SlideTask, config: JobConfig, *, step: str, topic: str | No
             worker.log_event(topic, {"kind": kind, "index": item.index, "step": step, "worker": worker.address,
                                      "pid": os.getpid(), **extra})
 
+    last = [0.0]
+
+    def progress(stage: str, done: int, total: int) -> None:
+        now = time.monotonic()  # at most one event a second per slide, plus each stage's first and last
+        if done in (0, total) or now - last[0] >= PROGRESS_EVERY_S:
+            last[0] = now
+            emit("progress", stage=stage, done=done, total=total)
+
     emit("start")
     entry = run_slide(item.slide, item.out_dir, config=config, task=item.task, mpp_override=item.mpp_override,
                       annotations=item.annotations, workers=threads, stem=item.stem,
-                      until="tile" if step == "tile" else None, on_stage=lambda s: emit("stage", stage=s))
+                      until="tile" if step == "tile" else None, on_stage=lambda s: emit("stage", stage=s),
+                      on_progress=progress)
     entry["worker"] = worker.address if worker is not None else None
     entry = json.loads(json.dumps(entry, default=str))  # plain types: it also travels as an event
     emit("end", entry=entry)  # the client has the entry even if this worker dies before the result is fetched
@@ -158,6 +169,7 @@ class SlideState:
     pid: int | None = None
     started: float | None = None  # monotonic time the current attempt started on a worker
     stage: str | None = None
+    progress: tuple[str, int, int, float] | None = None  # stage, units done, total, when the stage started (client)
     attempts: Counter[str] = field(default_factory=Counter)
     parts: list[dict[str, Any]] = field(default_factory=list)
     entry: dict[str, Any] | None = None
@@ -187,6 +199,15 @@ class BatchState:
 
 
 EventHook = Callable[[BatchState, dict[str, Any]], None]
+
+
+class BatchInterrupted(KeyboardInterrupt):
+    """The batch was interrupted; ``entries`` are every slide's, the unfinished ones ``interrupted`` (both reports
+    are written)."""
+
+    def __init__(self, entries: list[dict[str, Any]]) -> None:
+        super().__init__("interrupted")
+        self.entries = entries
 
 
 def run_batch(slides: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str], *, client: Any,
@@ -246,15 +267,46 @@ class _Runner:
                     if s.entry is None and s.future is not None and s.future.done():
                         self.collect(s)
                 self.enforce_timeout(time.monotonic())
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM turned into one by the command
+            self.interrupt()
+            raise BatchInterrupted(self.state.finished) from None
         finally:
             with contextlib.suppress(Exception):
                 self.client.unsubscribe_topic(self.topic)
-            for s in self.state.slides:  # interrupted (Ctrl-C): leave nothing running on a shared cluster
+            for s in self.state.slides:  # interrupted: leave nothing running on a shared cluster
                 if s.entry is None and s.future is not None:
                     with contextlib.suppress(Exception):
                         s.future.cancel()
         self.write_reports()
         return self.state.finished
+
+    def interrupt(self) -> None:
+        """Every unfinished slide becomes an ``interrupted`` entry (what it finished is kept), in both reports."""
+        if getattr(self.client, "cluster", None) is not None:
+            # our own local cluster closes next: its workers need not report the tasks cancelled below
+            with contextlib.suppress(Exception):
+                self.client.run(_quiet_worker_logs)
+        for s in self.state.slides:
+            if s.entry is not None:
+                continue
+            with contextlib.suppress(Exception):
+                if s.future is not None:
+                    s.future.cancel()
+            under_way = s.future is not None or bool(s.parts)
+            where = f"during {s.step or 'its next step'}" + (f", stage {s.stage}" if s.stage else "")
+            entry = merge_steps(s.parts) if s.parts else self.blank_entry(s)
+            entry.update(status="interrupted",
+                         reason=(f"{s.path}: interrupted {where}; re-run the same command to resume" if under_way
+                                 else f"{s.path}: not started (interrupted)"))
+            entry["attempts"] = max(s.attempts.values(), default=0)
+            s.entry, s.future = entry, None
+        self.notes.append(f"interrupted at {time.strftime('%Y-%m-%d %H:%M:%S')}: re-run the same command to resume")
+        with contextlib.suppress(Exception):
+            self.write_reports()
+
+    def blank_entry(self, s: SlideState) -> dict[str, Any]:
+        return {"input": str(s.path), "output": str(self.out / s.stem), "task": self.task, "timings": {},
+                "stages_run": [], "stages_skipped": [], "counts": {}, "outputs": {}}
 
     # -- steps ---------------------------------------------------------------------------------------------------
     def fill(self) -> None:
@@ -302,9 +354,7 @@ class _Runner:
         self.fill()
 
     def fail(self, s: SlideState, reason: str, *, detail: str = "") -> None:
-        entry = merge_steps(s.parts) if s.parts else {"input": str(s.path), "output": str(self.out / s.stem),
-                                                      "task": self.task, "timings": {}, "stages_run": [],
-                                                      "stages_skipped": [], "counts": {}, "outputs": {}}
+        entry = merge_steps(s.parts) if s.parts else self.blank_entry(s)
         entry.update(status="failed", reason=reason)
         with contextlib.suppress(OSError):
             atomic_write_text(self.out / s.stem / "job.log", f"{s.path}\n{reason}\n{detail}")
@@ -333,6 +383,10 @@ class _Runner:
                 s.started, s.worker, s.pid, s.stage = time.monotonic(), msg["worker"], msg["pid"], None
             elif msg["kind"] == "stage":
                 s.stage = msg["stage"]
+            elif msg["kind"] == "progress":
+                since = s.progress[3] if s.progress is not None and s.progress[0] == msg["stage"] else time.monotonic()
+                s.stage = msg["stage"]
+                s.progress = (msg["stage"], int(msg["done"]), int(msg["total"]), since)
             elif msg["kind"] == "end":
                 # the step's entry, sent just before the task returns: no need to fetch the result from a worker
                 # that may die meanwhile (a lost result would be recomputed)
@@ -390,6 +444,12 @@ class _Runner:
         write_markdown(self.out, entries, task=self.task, notes=[*self.notes, done])
 
 
+def _quiet_worker_logs() -> None:
+    import logging
+
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)
+
+
 def merge_steps(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """One report entry from a slide's step entries (``tile`` then ``infer``)."""
     entry = dict(parts[-1])
@@ -422,6 +482,6 @@ def _failure_reason(path: Path, exc: BaseException | None, status: str) -> str:
     return f"{path}: task {status}"
 
 
-__all__ = ["GPU_RESOURCE", "SLIDE_RESOURCE", "THREADS_ENV", "BatchState", "Cluster", "ClusterOptions", "SlideState",
+__all__ = ["GPU_RESOURCE", "SLIDE_RESOURCE", "THREADS_ENV", "BatchInterrupted", "BatchState", "Cluster", "ClusterOptions", "SlideState",
            "SlideTask", "local_layout", "merge_steps", "open_cluster", "run_batch", "slide_slots", "slide_step",
            "slide_threads", "step_resources"]

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import logging
 import os
+import signal
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -113,10 +116,11 @@ def open_cluster(options: ClusterOptions, *, n_slides: int) -> Iterator[Cluster]
         return
     workers, threads = local_layout(n_slides, n_workers=options.n_workers, threads=options.threads_per_worker)
     dashboard = options.dashboard and importlib.util.find_spec("bokeh") is not None
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                           dashboard_address="127.0.0.1:0",  # the HTTP server always runs: never a fixed port
-                           scheduler_kwargs={"dashboard": dashboard}, env={THREADS_ENV: str(threads)},
-                           resources={GPU_RESOURCE: 1} if _local_gpus() else None)
+    with workers_ignore_sigint():
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                               dashboard_address="127.0.0.1:0",  # the HTTP server always runs: never a fixed port
+                               scheduler_kwargs={"dashboard": dashboard}, env={THREADS_ENV: str(threads)},
+                               resources={GPU_RESOURCE: 1} if _local_gpus() else None)
     try:
         client = Client(cluster)
         try:
@@ -125,7 +129,30 @@ def open_cluster(options: ClusterOptions, *, n_slides: int) -> Iterator[Cluster]
         finally:
             client.close()
     finally:
-        cluster.close()
+        # every task has ended here: a worker slow to exit is killed with nothing lost, so its nanny's
+        # "still alive after N seconds, killing" warning is noise
+        nanny = logging.getLogger("distributed.nanny")
+        level = nanny.level
+        nanny.setLevel(logging.ERROR)
+        try:
+            cluster.close()
+        finally:
+            nanny.setLevel(level)
+
+
+@contextlib.contextmanager
+def workers_ignore_sigint() -> Iterator[None]:
+    """Worker processes started inside this block ignore SIGINT (an ignored signal stays ignored across exec, and
+    Python then installs no KeyboardInterrupt handler): Ctrl-C in a terminal reaches the whole process group, and
+    the client, not each worker, stops the batch and closes the cluster quietly."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _dashboard(client: Any) -> str | None:
@@ -165,4 +192,4 @@ def slide_slots(nthreads: int, resources: dict[str, float]) -> int:
 
 
 __all__ = ["GPU_RESOURCE", "SLIDE_RESOURCE", "THREADS_ENV", "WORKER_MEMORY_GIB", "Cluster", "ClusterOptions",
-           "local_layout", "open_cluster", "slide_slots", "step_resources"]
+           "local_layout", "open_cluster", "slide_slots", "step_resources", "workers_ignore_sigint"]

@@ -10,11 +10,13 @@ stops after tiling; without G2C it segments but does not classify.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
+from typing import Any
 
 import click
+
+from .options import legacy_workers, writable_folder
 
 
 def _missing_weights() -> dict[str, str]:
@@ -32,30 +34,49 @@ def _missing_weights() -> dict[str, str]:
 
 @click.command(name="demo")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-out"),
-              show_default=True, help="Output folder.")
-@click.option("--size", type=int, default=4096, show_default=True, help="Phantom slide side in pixels (level 0).")
+              show_default=True, help="Output folder (slides/, the slide's results, report.json, report.md).")
+@click.option("--size", type=click.IntRange(1024, 65536), default=4096, show_default=True, metavar="PX",
+              help="Phantom slide side in pixels (level 0, 0.5 um/px).")
 @click.option("--seed", type=int, default=31, show_default=True,
               help="Layout seed (31: held out from every shipped model's training and validation seeds).")
-@click.option("--workers", type=int, default=2, show_default=True, help="Dask worker threads.")
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Threads the slide job uses (Dask's threaded scheduler and PyTorch), in this process.")
+@click.option("--workers", "legacy_workers_", type=click.IntRange(min=1), default=None, hidden=True,
+              help="Old name of --threads.")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="Job YAML [default: shipped weights, configs/default.yaml values].")
-def command(out_dir: Path, size: int, seed: int, workers: int, config_path: Path | None) -> None:
-    """Synthesize a PAS kidney slide, run the default job with shipped weights, score it against the truth."""
+def command(out_dir: Path, size: int, seed: int, threads: int, legacy_workers_: int | None,
+            config_path: Path | None) -> None:
+    """Synthesize a PAS kidney slide, run the default job with shipped weights, score it against the truth.
+
+    Each stage shows a progress bar with its ETA; the results and report.md land in --out.
+    """
     from rich.console import Console
+
+    from .job_config import load_job_config
+    from .lock import output_lock
+
+    workers = legacy_workers(threads, legacy_workers_, default=2)
+    writable_folder(out_dir, "--out")
+    console = Console()
+    config = load_job_config(config_path)
+    missing = {} if config_path else _missing_weights()
+    with output_lock(out_dir):
+        _demo(out_dir, size=size, seed=seed, workers=workers, config=config, config_path=config_path,
+              missing=missing, console=console)
+
+
+def _demo(out_dir: Path, *, size: int, seed: int, workers: int | None, config: Any, config_path: Path | None,
+          missing: dict[str, str], console: Any) -> None:
     from rich.table import Table
 
     from wsi_pipeline.annotations import evaluate_geojson
     from wsi_pipeline.synth import write_phantom
     from wsi_pipeline.tiling import TileConfig, tile_slide
 
-    from .job_config import load_job_config
-    from .report import write_report
+    from .report import write_markdown, write_report
     from .slide_job import run_slide, slide_stem
 
-    console = Console()
-    config = load_job_config(config_path)
-    missing = {} if config_path else _missing_weights()
-    out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     # written once per (size, seed, renderer): a re-run reuses it, and the job's stage markers make it resume
     phantom = write_phantom(out_dir / "slides", size=size, stains=("PAS",), seed=seed, progress=True, reuse=True)
@@ -82,6 +103,8 @@ def command(out_dir: Path, size: int, seed: int, workers: int, config_path: Path
     task = "segment" if "g2c" in missing else "full"
     entry = run_slide(pas, out_dir, config=config, task=task, workers=workers, progress=True)
     write_report(out_dir, [entry], task=task, config=config.to_dict())
+    write_markdown(out_dir, [entry], task=task, notes=[f"wsi-pipeline demo: phantom seed {seed}, {size} px, "
+                                                       f"{workers} threads"])
     if entry["status"] not in ("ok", "skipped"):  # skipped: every stage already done in this folder (a re-run)
         console.print(table)
         raise click.ClickException(f"the job ended with status {entry['status']}: {entry['reason']}")
@@ -99,7 +122,7 @@ def command(out_dir: Path, size: int, seed: int, workers: int, config_path: Path
     table.add_row("GeoJSON (QuPath)", str(slide_dir / "glomeruli.geojson"))
     table.add_row("overlay", str(slide_dir / "overlay.png"))
     table.add_row("tiled store", str(slide_dir / "slide.zarr"))
-    table.add_row("report", str(out_dir / "report.json"))
+    table.add_row("report", f"{out_dir / 'report.json'} ({out_dir / 'report.md'})")
     stage_times = ", ".join(f"{k} {v:.1f} s" for k, v in entry["timings"].items())
     table.add_row("time", f"{synth}; job {entry['seconds']:.1f} s ({stage_times or 'all skipped'})")
     console.print(table)

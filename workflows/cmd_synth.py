@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from .options import FiniteFloat, writable_folder
+
 
 @click.command(name="synth")
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
@@ -17,7 +19,7 @@ import click
 @click.option("--glomeruli", "n_glomeruli", type=click.IntRange(min=0), default=None,
               help="Number of glomeruli (default: about 2.5 per mm^2 of tissue, at least 3).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Layout seed (same seed = same tissue).")
-@click.option("--mpp", type=click.FloatRange(min=0.05, max=10), default=0.5, show_default=True,
+@click.option("--mpp", type=FiniteFloat(0.05, 10.0, unit="um/px"), default=0.5, show_default=True,
               help="Microns per pixel at level 0.")
 @click.option("--ome", is_flag=True, help="Also write each stain as a pyramidal OME-TIFF.")
 @click.option("--name", default=None, help="File name stem (default phantom-s<SEED>).")
@@ -29,6 +31,7 @@ def command(out_dir: Path, size: int, stains: str, n_glomeruli: int | None, seed
 
     from wsi_pipeline.synth import parse_stains, write_phantom
 
+    writable_folder(out_dir, "OUT_DIR")
     stain_list = parse_stains(stains)  # fail on a bad stain before any rendering
     t0 = time.perf_counter()
     ph = write_phantom(out_dir, size=size, stains=stain_list, n_glomeruli=n_glomeruli, seed=seed, mpp=mpp,

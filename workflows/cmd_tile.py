@@ -6,46 +6,70 @@ from pathlib import Path
 
 import click
 
+from .options import MPP, TARGET_MPP, legacy_workers, writable_folder
+
 
 @click.command(name="tile")
 @click.argument("slide", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="Output store (STORE.zarr).")
-@click.option("--mpp", type=float, default=None, help="Target microns per pixel [default: the slide's level 0].")
-@click.option("--tile", "tile", type=int, default=None, help="Chunk edge in pixels [default: from the config].")
-@click.option("--workers", type=int, default=None, help="Dask worker threads [default: all cores].")
-@click.option("--scheduler", default=None, help="Address of a running dask.distributed scheduler instead.")
-@click.option("--mpp-override", type=float, default=None, help="Use this MPP instead of the slide's (recorded).")
+@click.option("--out", "out", type=click.Path(path_type=Path), required=True,
+              help="Output store (STORE.zarr); re-running the same command resumes it.")
+@click.option("--mpp", type=TARGET_MPP, default=None, metavar="UM",
+              help="Target microns per pixel [default: the slide's level 0]. A target finer than the slide is "
+                   "refused beyond tile.max_upsample (2x).")
+@click.option("--tile", "tile", type=click.IntRange(16, 8192), default=None, metavar="PX",
+              help="Chunk edge in pixels [default: from the config, 512].")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Threads of Dask's threaded scheduler in this process [default: all cores].")
+@click.option("--workers", "legacy_workers_", type=click.IntRange(min=1), default=None, hidden=True,
+              help="Old name of --threads.")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Address of a running dask.distributed scheduler to tile on instead of local threads.")
+@click.option("--mpp-override", type=MPP, default=None, metavar="UM",
+              help="Use this level-0 um/px (0.05-20) instead of the slide's (recorded in the store); needed for "
+                   "files without one or whose MPP is refused as implausible.")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="YAML with a `tile:` section [default: configs/tile.yaml].")
 @click.option("--overwrite", is_flag=True, help="Replace a store written with other settings.")
-@click.option("--progress/--no-progress", default=True, show_default=True)
-def command(slide: Path, out: Path, mpp: float | None, tile: int | None, workers: int | None,
-            scheduler: str | None, mpp_override: float | None, config_path: Path | None, overwrite: bool,
-            progress: bool) -> None:
-    """Tile SLIDE's tissue into the zarr v3 group --out (OME-NGFF pyramid, tissue chunks only)."""
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Show a progress bar (tasks done, rate, ETA).")
+def command(slide: Path, out: Path, mpp: float | None, tile: int | None, threads: int | None,
+            legacy_workers_: int | None, scheduler: str | None, mpp_override: float | None, config_path: Path | None,
+            overwrite: bool, progress: bool) -> None:
+    """Tile SLIDE's tissue into the zarr v3 group --out (OME-NGFF pyramid, tissue chunks only).
+
+    The slide's MPP is checked first: one from a dpi-style TIFF resolution tag (72 dpi from an image editor) or
+    outside 0.05-20 um/px is refused with the reason; pass --mpp-override with the real value.
+    """
     from wsi_pipeline.config import load_config
-    from wsi_pipeline.errors import NoTissueError
+    from wsi_pipeline.errors import NoTissueError, SlideError
+    from wsi_pipeline.slide import check_scale, open_slide
     from wsi_pipeline.tiling import TileConfig, tile_slide
 
+    workers = legacy_workers(threads, legacy_workers_, default=None)
+    writable_folder(out.parent, "--out")
     config_path = config_path or default_tile_config()
     cfg = load_config(config_path, TileConfig, section="tile") if config_path else TileConfig()
     updates = {k: v for k, v in (("mpp", mpp), ("tile", tile)) if v is not None}
     if updates:
         cfg = TileConfig.from_dict({**cfg.to_dict(), **updates}, source="command line")
-    client = None
-    if scheduler:
-        from distributed import Client
+    with open_slide(slide, mpp_override=mpp_override) as opened:
+        if opened.mpp is None and cfg.mpp is not None:
+            raise SlideError(slide, "no microns-per-pixel in the file; pass --mpp-override UM")
+        check_scale(opened)  # before any client or thread pool starts
+        client = None
+        if scheduler:
+            from distributed import Client
 
-        client = Client(scheduler)
-    try:
-        res = tile_slide(slide, out, config=cfg, client=client, workers=workers, mpp_override=mpp_override,
-                         overwrite=overwrite, progress=progress)
-    except NoTissueError as exc:
-        click.echo(f"no-tissue: {exc}")
-        return
-    finally:
-        if client is not None:
-            client.close()
+            client = Client(scheduler)
+        try:
+            res = tile_slide(opened, out, config=cfg, client=client, workers=workers, mpp_override=mpp_override,
+                             overwrite=overwrite, progress=progress)
+        except NoTissueError as exc:
+            click.echo(f"no-tissue: {exc}")
+            return
+        finally:
+            if client is not None:
+                client.close()
     h, w = res.shape
     mpp_txt = f"{res.mpp:.4g} um/px" if res.mpp else "unknown um/px"
     state = "already complete" if res.already_complete else (

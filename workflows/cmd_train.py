@@ -16,6 +16,8 @@ import click
 from wsi_pipeline.config import load_config
 from wsi_pipeline.errors import ConfigError
 
+from .options import writable_folder
+
 #: kind -> (module, config class, train function)
 KINDS: dict[str, tuple[str, str, str]] = {
     "cyclegan": ("wsi_pipeline.train.cyclegan", "CycleGANTrainConfig", "train_cyclegan"),
@@ -37,6 +39,8 @@ KINDS: dict[str, tuple[str, str, str]] = {
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 def command(kind: str, config_path: Path, run_dir: Path | None, overrides: tuple[str, ...], no_progress: bool) -> None:
     """Train a model from a YAML recipe (resumable; metrics as JSON per epoch)."""
+    if run_dir is not None:
+        writable_folder(run_dir, "--out")
     module_name, config_name, fn_name = KINDS[kind]
     module = importlib.import_module(module_name)
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -21,7 +22,7 @@ from wsi_pipeline.atomic import atomic_write_json, atomic_write_text
 
 #: extensions openslide or the tifffile backend open (MRXS: the .mrxs file; its data folder is found by openslide)
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".dcm")
-STATUSES = ("ok", "skipped", "no-tissue", "failed")
+STATUSES = ("ok", "skipped", "no-tissue", "failed", "interrupted")
 
 
 #: our own non-slide TIFFs found next to slides (the phantom's label masks, ``wsi-pipeline synth``)
@@ -157,7 +158,7 @@ def summary_table(entries: Sequence[dict[str, Any]], *, title: str = "wsi-pipeli
     """A rich table: slide, status, glomeruli / classes, seconds, reason."""
     from rich.table import Table
 
-    colours = {"ok": "green", "skipped": "cyan", "no-tissue": "yellow", "failed": "red"}
+    colours = {"ok": "green", "skipped": "cyan", "no-tissue": "yellow", "failed": "red", "interrupted": "magenta"}
     table = Table(title=title)
     for col in ("slide", "status", "glomeruli", "classes", "stages run", "s", "reason / output"):
         table.add_column(col, overflow="fold")
@@ -172,6 +173,71 @@ def summary_table(entries: Sequence[dict[str, Any]], *, title: str = "wsi-pipeli
     return table
 
 
+#: what one unit of a stage's progress counts
+STAGE_UNITS = {"tile": "tasks", "segment": "blocks", "classify": "glomeruli"}
+
+
+def stage_unit(stage: str) -> str:
+    return STAGE_UNITS.get(stage, "blocks")  # translate-<STAIN>: blocks of chunks, like segment
+
+
+def progress_text(stage: str, done: int, total: int, elapsed: float) -> str:
+    """One line of a stage's progress with its ETA (from the rate so far).
+
+    >>> progress_text("segment", 30, 120, 60.0)
+    'segment 30/120 blocks (25%), ETA 3m00s'
+    """
+    pct = f" ({100 * done // total}%)" if total else ""
+    eta = ""
+    if 0 < done < total and elapsed > 0:
+        left = elapsed / done * (total - done)
+        eta = f", ETA {int(left // 60)}m{int(left % 60):02d}s"
+    return f"{stage} {done}/{total} {stage_unit(stage)}{pct}{eta}"
+
+
+class StageBars:
+    """Console progress of one slide job in this process: a tqdm bar with rate and ETA per stage
+    (``run_slide(..., progress=True)``: ``demo``, the benchmarks)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._bar: Any = None
+        self._stage: str | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        from tqdm.auto import tqdm
+
+        with self._lock:
+            if stage != self._stage or self._bar is None:
+                if self._bar is not None:
+                    self._bar.close()
+                self._stage = stage
+                self._bar = tqdm(total=total, desc=f"{stage} {self.name}", unit=stage_unit(stage).rstrip("s"))
+            self._bar.total = total
+            self._bar.update(done - self._bar.n)
+            if done >= total:
+                self._bar.close()
+                self._bar = None
+
+
+def print_summary(entries: Sequence[dict[str, Any]], *, title: str = "wsi-pipeline run", file: Any = None) -> None:
+    """Print :func:`summary_table` to stdout (or ``file``); written to a file or a pipe the table is as wide as its
+    longest row instead of 80 columns, so reasons stay on one line in a log."""
+    from rich.console import Console
+
+    console = Console(file=file)
+    if not console.is_terminal:
+        console = Console(file=file, width=100_000, no_color=True)
+    table = summary_table(entries, title=title)
+    if not console.is_terminal:
+        table.title_justify = "left"
+        for column in table.columns:
+            column.overflow = "ignore"
+            column.no_wrap = True
+    console.print(table)
+
+
 class BatchProgress:
     """Live display of a running batch (rich): slides done/failed, throughput, slides in flight and their stage.
 
@@ -183,6 +249,7 @@ class BatchProgress:
         self.console, self.total = console, total
         self.state: Any = None
         self._live: Any = None
+        self._printed: dict[int, float] = {}
 
     def __enter__(self) -> BatchProgress:  # noqa: PYI034  (final class)
         if self.console.is_terminal:
@@ -196,8 +263,19 @@ class BatchProgress:
         if self._live is not None:
             self._live.stop()
 
+    #: without a terminal, seconds between two progress lines of one slide
+    LINE_EVERY_S = 10.0
+
     def __call__(self, state: Any, event: dict[str, Any]) -> None:
         self.state = state
+        if self._live is None and event.get("kind") in ("stage", "progress"):
+            s = state.slides[event["index"]]
+            now = time.monotonic()
+            last = self._printed.get(s.index)
+            if event["kind"] == "stage" or last is None or now - last >= self.LINE_EVERY_S:
+                self._printed[s.index] = now
+                text = _slide_progress(s, now) if event["kind"] == "progress" else f"{event['stage']} started"
+                self.console.print(f"  {s.path.name}: {text}", markup=False, highlight=False)
         if self._live is None and event.get("kind") == "done":
             s = state.slides[event["index"]]
             reason = f": {s.entry['reason']}" if s.entry.get("reason") else ""
@@ -219,14 +297,23 @@ class BatchProgress:
         if not running:
             return head
         table = Table(box=None, show_header=True, pad_edge=False)
-        for col in ("running", "step", "stage", "worker", "s"):
+        for col in ("running", "step", "progress", "worker", "s"):
             table.add_column(col)
         now = time.monotonic()
         for s in running:
             started = s.started or now  # the runner's thread may reset it meanwhile
-            table.add_row(s.path.name, s.step or "", s.stage or "", s.worker or "", f"{now - started:.0f}")
+            table.add_row(s.path.name, s.step or "", _slide_progress(s, now), s.worker or "", f"{now - started:.0f}")
         return Group(head, table)
 
 
-__all__ = ["SLIDE_SUFFIXES", "STATUSES", "BatchProgress", "discover", "is_slide_file", "summary_table",
+def _slide_progress(s: Any, now: float) -> str:
+    """The stage line of a running slide: its stage, units done of total and ETA when its worker reported them."""
+    progress = s.progress
+    if progress is None or progress[0] != s.stage:
+        return s.stage or ""
+    stage, done, total, since = progress
+    return progress_text(stage, done, total, now - since)
+
+
+__all__ = ["SLIDE_SUFFIXES", "STAGE_UNITS", "STATUSES", "BatchProgress", "StageBars", "print_summary", "progress_text", "discover", "is_slide_file", "summary_table",
            "unique_stems", "write_markdown", "write_report"]

@@ -41,7 +41,7 @@ import dask
 
 from wsi_pipeline.annotations import GLOMERULUS, Annotation, Feature, as_written, is_glomerulus, read_features, \
     read_geojson, write_geojson
-from wsi_pipeline.atomic import atomic_write_json, atomic_write_text
+from wsi_pipeline.atomic import atomic_write_json, atomic_write_text, remove_stale_temps
 from wsi_pipeline.errors import AnnotationError, NoTissueError, StoreError, WsiPipelineError
 from wsi_pipeline.export.tiff import OmeInfo, write_pyramidal_tiff
 from wsi_pipeline.infer import TiledInferenceConfig
@@ -51,6 +51,7 @@ from wsi_pipeline.weights import WeightsRef, resolve_weights
 
 from . import slide_ops as ops
 from .job_config import TASKS, JobConfig
+from .report import StageBars
 from .slide_plan import ClassifierSettings, SegSettings, SlidePlan, classifier_settings, seg_settings
 from .stages import STAGES_DIR, StageBook, StageRecord, Stopwatch, digest_of, file_sha256
 
@@ -73,11 +74,14 @@ def run_slide(slide_path: str | os.PathLike[str], out_dir: str | os.PathLike[str
               task: str = "full", mpp_override: float | None = None, annotations: str | None = None,
               workers: int | None = None, scheduler: str | None = "threads", progress: bool = False,
               stem: str | None = None, until: str | None = None,
-              on_stage: Callable[[str], None] | None = None) -> dict[str, Any]:
+              on_stage: Callable[[str], None] | None = None,
+              on_progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
     """Run ``task`` on one slide into ``out_dir/<stem>``; returns its report entry (never raises for bad input).
 
     ``until="tile"`` stops after tiling (the batch layer runs tiling and the model stages as separate tasks, so
-    CPU workers tile while GPU workers infer); ``on_stage(name)`` is called before a stage body runs.
+    CPU workers tile while GPU workers infer); ``on_stage(name)`` is called before a stage body runs and
+    ``on_progress(stage, done, total)`` after each unit of its work (tile tasks, segmentation / translation blocks,
+    glomeruli classified); without it, ``progress=True`` draws a bar with an ETA per stage on the console.
     """
     if task not in TASKS:
         raise ValueError(f"task={task!r}: expected one of {TASKS}")
@@ -87,7 +91,7 @@ def run_slide(slide_path: str | os.PathLike[str], out_dir: str | os.PathLike[str
     stem = stem or slide_stem(path)
     job = _SlideJob(path, Path(out_dir).resolve() / stem, config=config, task=task, mpp_override=mpp_override,
                     annotations=annotations, workers=workers, scheduler=scheduler, progress=progress, until=until,
-                    on_stage=on_stage)
+                    on_stage=on_stage, on_progress=on_progress)
     t0 = time.perf_counter()
     entry: dict[str, Any] = {"input": str(path), "output": str(job.slide_dir), "task": task}
     try:
@@ -125,7 +129,8 @@ class _SlideJob:
 
     def __init__(self, path: Path, slide_dir: Path, *, config: JobConfig, task: str, mpp_override: float | None,
                  annotations: str | None, workers: int | None, scheduler: str | None, progress: bool,
-                 until: str | None = None, on_stage: Callable[[str], None] | None = None) -> None:
+                 until: str | None = None, on_stage: Callable[[str], None] | None = None,
+                 on_progress: Callable[[str, int, int], None] | None = None) -> None:
         self.path, self.slide_dir, self.config, self.task = path, slide_dir, config, task
         self.mpp_override, self.annotations = mpp_override, annotations
         self.workers, self.scheduler, self.progress = workers, scheduler, progress
@@ -137,6 +142,14 @@ class _SlideJob:
         self.ran: list[str] = []
         self.skipped: list[str] = []
         self.until, self.on_stage = until, on_stage
+        self.on_progress = on_progress if on_progress is not None else (StageBars(path.name) if progress else None)
+
+    def ticker(self, stage: str) -> Callable[[int, int], None] | None:
+        """``progress(done, total)`` of one stage, or ``None`` when nobody follows the job."""
+        report = self.on_progress
+        if report is None:
+            return None
+        return lambda done, total: report(stage, done, total)
 
     # -- bookkeeping -------------------------------------------------------------------------------------------
     def stage(self, name: str, digest: str, body: Callable[[], tuple[list[Path], dict[str, Any]]]) -> StageRecord:
@@ -173,6 +186,9 @@ class _SlideJob:
 
     # -- the job -----------------------------------------------------------------------------------------------
     def run(self) -> None:
+        # what a killed run of this slide left half-written (hidden .tmp files, zarr .partial chunks): never read,
+        # so removed before anything is written (one job per output folder: the batch holds its lock)
+        remove_stale_temps(self.slide_dir)
         # opening first fails fast (and cheaply) on unreadable files, before any work; the slide stays open
         with SlidePlan.open(self.path, self.slide_dir, mpp_override=self.mpp_override) as plan:
             self.plan = plan
@@ -195,7 +211,8 @@ class _SlideJob:
             return
         seg_digest = digest_of("segment", tile_digest, seg.to_dict(), cfg.device)
         def segment() -> tuple[list[Path], dict[str, Any]]:
-            chunks = ops.segment(self.store, seg, tissue=plan.tissue, device=cfg.device, scheduler=self.scheduler)
+            chunks = ops.segment(self.store, seg, tissue=plan.tissue, device=cfg.device, scheduler=self.scheduler,
+                                 progress=self.ticker("segment"))
             label = ops.segmentation_label(self.store, plan.info, threshold=seg.threshold)
             return [self.store / "seg", label], {"seg_chunks": chunks}
 
@@ -228,8 +245,9 @@ class _SlideJob:
         digest = digest_of("tile", tcfg.to_dict(), plan.source)
 
         def body() -> tuple[list[Path], dict[str, Any]]:
+            tick = self.ticker("tile")
             kw: dict[str, Any] = {"config": tcfg, "workers": self.workers, "mpp_override": self.mpp_override,
-                                  "progress": self.progress}
+                                  "progress": tick if tick is not None else False}
             try:
                 res = tile_slide(plan.slide, self.store, **kw)
             except StoreError:
@@ -274,7 +292,8 @@ class _SlideJob:
     def classify(self, digest: str, shapes: list[Annotation], cls: ClassifierSettings) -> dict[str, Any]:
         """G2C's result per annotation id (stage ``classify``; ``stages/classes.json`` for a later run)."""
         def compute() -> tuple[dict[str, Any], dict[str, Any]]:
-            results = ops.classify(self.plan.slide, [a.geometry for a in shapes], cls, device=self.config.device)
+            results = ops.classify(self.plan.slide, [a.geometry for a in shapes], cls, device=self.config.device,
+                                   progress=self.ticker("classify"))
             return ({a.id: r for a, r in zip(shapes, results)},
                     {"classes": dict(Counter(r["class"] for r in results))})
 
@@ -334,7 +353,8 @@ class _SlideJob:
         geometry = info.geometry
         with Stopwatch() as generator_time:
             arr = ops.translate(self.store, stain, ref, inference, info=info, tissue=tissue,
-                                device=self.config.device, scheduler=self.scheduler)
+                                device=self.config.device, scheduler=self.scheduler,
+                                progress=self.ticker(f"translate-{stain}"))
         geo = {"origin_level0": list(geometry.origin), "scale_level0": list(geometry.scale), "mpp": geometry.mpp,
                "shape": list(geometry.shape), "generator": ref.label}
         arr.attrs["geometry"] = geo

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import math
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -38,15 +38,19 @@ from .slide_plan import ClassifierSettings, SegSettings
 
 
 # -- stage bodies --------------------------------------------------------------------------------------------------
+#: a stage's progress: ``progress(done, total)`` after each unit of work (tile tasks, blocks, glomeruli)
+Progress = Callable[[int, int], None]
+
+
 def segment(store: Path, settings: SegSettings, *, tissue: NDArray[np.bool_], device: str,
-            scheduler: str | None) -> int:
+            scheduler: str | None, progress: Progress | None = None) -> int:
     """Blended segmentation of ``store/0`` into ``store/seg`` (uint8 probabilities x 255); returns chunks written."""
     factory = functools.partial(segmenter_predictor, str(settings.weights.path), settings.weights.sha256, device,
                                 settings.tta)
     src = zarr.open_array(str(store / "0"), mode="r")
     group = zarr.open_group(str(store), mode="a")
     out = predict_zarr(src, group, predictor_factory=factory, config=settings.inference, out_channels=1,
-                       name="seg", chunk_mask=tissue, scheduler=scheduler)
+                       name="seg", chunk_mask=tissue, scheduler=scheduler, progress=progress)
     out.attrs["weights_sha256"] = settings.weights.sha256
     return int(cast(int, out.attrs["chunks_written"]))  # zarr types attrs as any JSON value
 
@@ -91,14 +95,14 @@ def read_crops(slide: Slide, shapes: Sequence[BaseGeometry], spec: CropSpec) -> 
 
 
 def classify(slide: Slide, shapes: Sequence[BaseGeometry], settings: ClassifierSettings, *,
-             device: str) -> list[dict[str, Any]]:
+             device: str, progress: Progress | None = None) -> list[dict[str, Any]]:
     """``[{"class": code, "name": QuPath class, "measurements": {p_*}}]`` per shape (G2C is loaded only when there
     is something to classify)."""
     if not shapes:
         return []
     crops = read_crops(slide, shapes, settings.spec)
     model = settings.load()
-    probs = g2c_probabilities(crops, model, batch_size=settings.batch_size, device=device)
+    probs = g2c_probabilities(crops, model, batch_size=settings.batch_size, device=device, progress=progress)
     classes = model.classes
     out = []
     for code, m in zip(decide(probs, classes, gs_threshold=settings.gs_threshold), class_measurements(probs, classes)):
@@ -107,14 +111,15 @@ def classify(slide: Slide, shapes: Sequence[BaseGeometry], settings: ClassifierS
 
 
 def translate(store: Path, stain: str, ref: WeightsRef, inference: TiledInferenceConfig, *, info: StoreInfo,
-              tissue: NDArray[np.bool_], device: str, scheduler: str | None) -> zarr.Array:
+              tissue: NDArray[np.bool_], device: str, scheduler: str | None,
+              progress: Progress | None = None) -> zarr.Array:
     """Blended whole-slide generator pass of ``store/0`` into ``store/virtual/<stain>/0`` ((3, H, W) uint8), the
     group ``virtual/<stain>`` an OME-NGFF image on the store's level-"0" grid."""
     factory = functools.partial(generator_predictor, str(ref.path), ref.sha256, device)
     src = zarr.open_array(str(store / "0"), mode="r")
     group = zarr.open_group(str(store), mode="a").require_group(f"virtual/{stain}")
     out = predict_zarr(src, group, predictor_factory=factory, config=inference, out_channels=3, name="0",
-                       chunk_mask=tissue, scheduler=scheduler)
+                       chunk_mask=tissue, scheduler=scheduler, progress=progress)
     out.attrs["weights_sha256"] = ref.sha256
     write_multiscales(group, name=f"virtual {stain}", factors=[1], mpp=info.geometry.mpp,
                       translation=ngff_translation(info), channels=(("R", "FF0000"), ("G", "00FF00"), ("B", "0000FF")))

@@ -25,7 +25,7 @@ from wsi_pipeline.infer import TiledInferenceConfig
 from wsi_pipeline.infer.classify import CropSpec, G2CModel
 from wsi_pipeline.infer.loaders import G2C_ARCH, GENERATOR_ARCH, SEGMENTER_ARCH, load_g2c
 from wsi_pipeline.infer.tta import TTA
-from wsi_pipeline.slide import Slide, open_slide
+from wsi_pipeline.slide import Slide, check_scale, open_slide
 from wsi_pipeline.tiling import StoreInfo, read_store_info, tissue_chunks
 from wsi_pipeline.weights import WeightsRef, checked_record, resolve_weights
 
@@ -164,12 +164,14 @@ class SlidePlan:
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], slide_dir: Path, *, mpp_override: float | None) -> SlidePlan:
-        """Open the slide (``SlideError`` naming the file when it cannot be read or has no MPP)."""
+        """Open the slide (``SlideError`` naming the file when it cannot be read, has no MPP or an implausible one:
+        :func:`~wsi_pipeline.slide.check_scale`)."""
         p = Path(path)
         slide = open_slide(p, mpp_override=mpp_override)
         try:
             if slide.mpp is None:
                 raise SlideError(p, "no microns-per-pixel in the file; pass --mpp-override UM")
+            check_scale(slide)  # a dpi-style tag or an implausible MPP: refused before any work
             st = p.stat()
             source = {"path": str(p.resolve()), "size": st.st_size, "mtime": st.st_mtime_ns,
                       "mpp_override": mpp_override}

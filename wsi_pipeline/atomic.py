@@ -67,3 +67,20 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
 def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | None = 2) -> Path:
     """Write ``obj`` as JSON to ``path`` atomically; returns the path."""
     return atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False, default=str) + "\n")
+
+
+def remove_stale_temps(folder: str | os.PathLike[str], *, recursive: bool = True) -> list[Path]:
+    """Delete what killed writers left in ``folder``: :func:`atomic_output`'s hidden ``.*.tmp`` files and zarr's
+    (and the tiling store's) ``*.partial`` chunk files; returns them. Call it only while no writer is active (the
+    job holds the output folder's lock)."""
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    found = root.rglob("*") if recursive else root.iterdir()
+    stale = [p for p in found if (p.name.startswith(".") and p.name.endswith(".tmp")) or p.name.endswith(".partial")]
+    removed = []
+    for p in stale:
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+            p.unlink()
+            removed.append(p)
+    return removed

@@ -16,11 +16,16 @@ Results: ``results.json`` and ``results.md``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 from typing import Any
+
+import click
+
+from workflows.options import FiniteFloat
+
+from .common import namespace, threads_options
 
 CLASSES = ("noa", "ss", "gs")
 
@@ -76,24 +81,38 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+@click.command(name="accuracy")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-out/accuracy"),
+              show_default=True, help="Output folder (slides cache, jobs, results.json, results.md).")
+@click.option("--seeds", default="31-40", show_default=True, help="Held-out layout seeds, e.g. 31-40 or 31,35.")
+@click.option("--size", type=click.IntRange(min=1024), default=8192, show_default=True,
+              help="Phantom side in level-0 px (0.5 um/px).")
+@click.option("--stain", default="PAS", show_default=True, help="Stain the phantoms are rendered in.")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Job YAML [default: configs/default.yaml values].")
+@threads_options(2, "Threads of each slide job (Dask's threaded scheduler and PyTorch).")
+@click.option("--labelled", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Score a folder of images/ + masks/ instead of phantom slides (README: Check it on your own "
+                   "slides first).")
+@click.option("--mpp", type=FiniteFloat(0.05, 20.0, unit="um/px"), default=None,
+              help="With --labelled: um/px of every image (else mpp.json).")
+@click.option("--label-stain", default=None, help="With --labelled: stain name for every image.")
+@click.option("--only", default=None, help="With --labelled: comma-separated image names to score.")
+@click.option("--cv-runs", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="With --labelled: a folder of fold-k segmenter runs; each scores its own held-out fold.")
+@click.option("--min-truth-um2", type=FiniteFloat(0.0, unit="um^2"), default=2000.0, show_default=True,
+              help="With --labelled: truth objects smaller than this are left out of the object scores.")
+def command(**kw: Any) -> None:
+    """The slide job on held-out phantom slides (or your own labelled images), scored against the truth:
+    detection precision / recall / F1 at IoU 0.5, Dice, class accuracy, QuPath conformance."""
+    _run(namespace(kw))
+
+
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=Path("bench-out/accuracy"))
-    p.add_argument("--seeds", default="31-40", help="held-out layout seeds, e.g. 31-40 or 31,35")
-    p.add_argument("--size", type=int, default=8192, help="phantom side in level-0 px (0.5 um/px)")
-    p.add_argument("--stain", default="PAS")
-    p.add_argument("--config", type=Path, default=None, help="job YAML [default: configs/default.yaml values]")
-    p.add_argument("--workers", type=int, default=2, help="Dask threads per job")
-    p.add_argument("--labelled", type=Path, default=None,
-                   help="score a folder of images/ + masks/ instead of phantom slides (see workflows.bench.labelled)")
-    p.add_argument("--mpp", type=float, default=None, help="with --labelled: um/px of every image (else mpp.json)")
-    p.add_argument("--label-stain", default=None, help="with --labelled: stain name for every image")
-    p.add_argument("--only", default=None, help="with --labelled: comma-separated image names to score")
-    p.add_argument("--cv-runs", type=Path, default=None,
-                   help="with --labelled: a folder of fold-k segmenter runs; each scores its own held-out fold")
-    p.add_argument("--min-truth-um2", type=float, default=2000.0,
-                   help="with --labelled: truth objects smaller than this are left out of the object scores")
-    args = p.parse_args(argv)
+    command.main(args=argv, prog_name="wsi-pipeline bench accuracy")
+
+
+def _run(args: Any) -> None:
     if args.labelled is not None:
         from workflows.bench.labelled import run_labelled, run_unlabelled
         from workflows.job_config import load_job_config as _load
@@ -101,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
 
         if not (args.labelled / "masks").is_dir():  # no masks: find glomeruli, recognise stains, draw overlays
             if args.mpp is None:
-                raise SystemExit(f"{args.labelled}: images without masks need --mpp")
+                raise click.UsageError(f"{args.labelled}: images without masks need --mpp")
             images = sorted(p for p in args.labelled.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
             found = run_unlabelled(images, args.out.resolve(), config=_load(args.config), mpp=args.mpp,
                                    workers=args.workers)

@@ -16,7 +16,6 @@ each other layout's. Results: ``results.json`` and ``results.md``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -24,7 +23,10 @@ import statistics
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
+
+import click
 
 from .common import peak_rss_mib
 
@@ -141,17 +143,37 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+@click.command(name="batch")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-out/batch"),
+              show_default=True, help="Output folder (slides, runs, results.json, results.md).")
+@click.option("--slides", type=click.IntRange(min=1), default=20, show_default=True, help="Slides in the folder.")
+@click.option("--size", type=click.IntRange(min=1024), default=4096, show_default=True,
+              help="Phantom side in level-0 px (0.5 um/px).")
+@click.option("--distinct", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Distinct phantoms (the others are copies).")
+@click.option("--layouts", default="1x2,2x1", show_default=True,
+              help="Local clusters to compare, as WORKERSxTHREADS (worker processes x threads each), comma-"
+                   "separated; the first is the speed-up base.")
+@click.option("--task", default="full", show_default=True, type=click.Choice(["full", "segment"]),
+              help="The job's task.")
+@click.option("--seed", type=int, default=21, show_default=True, help="First layout seed of the phantoms.")
+@click.option("--repeat", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Run the layouts interleaved this many times.")
+def command(**kw: Any) -> None:
+    """A folder of phantom slides through local clusters of different layouts: slides/hour, speed-up, RSS."""
+    args = SimpleNamespace(**kw)
+    for layout in args.layouts.split(","):
+        parts = layout.lower().split("x")
+        if len(parts) != 2 or not all(x.isdigit() and int(x) > 0 for x in parts):
+            raise click.BadParameter(f"{layout!r}: expected WORKERSxTHREADS, e.g. 2x1", param_hint="--layouts")
+    _run(args)
+
+
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=Path("bench-out/batch"))
-    p.add_argument("--slides", type=int, default=20)
-    p.add_argument("--size", type=int, default=4096, help="phantom side in level-0 px (0.5 um/px)")
-    p.add_argument("--distinct", type=int, default=4, help="distinct phantoms (the others are copies)")
-    p.add_argument("--layouts", default="1x2,2x1", help="WORKERSxTHREADS,... (the first is the speed-up base)")
-    p.add_argument("--task", default="full", choices=["full", "segment"])
-    p.add_argument("--seed", type=int, default=21)
-    p.add_argument("--repeat", type=int, default=1, help="run the layouts interleaved this many times")
-    args = p.parse_args(argv)
+    command.main(args=argv, prog_name="wsi-pipeline bench batch")
+
+
+def _run(args: Any) -> None:
     out = args.out.resolve()
     folder = make_folder(out, slides=args.slides, size=args.size, distinct=args.distinct, seed=args.seed)
     results: dict[str, Any] = {"host": {"cpus": os.cpu_count()}, "size": args.size, "task": args.task,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import resource
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 
@@ -29,3 +30,25 @@ def save_results(out: Path, results: dict[str, Any], text: str) -> None:
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "results.md").write_text(text)
     print(text)
+
+
+def threads_options(default: int, what: str) -> Any:
+    """``--threads N`` (threads of one slide job: Dask's threaded scheduler and PyTorch) and its old spelling
+    ``--workers`` (hidden; ``--workers`` counts worker processes everywhere else), stored as ``workers``."""
+    import click
+
+    def decorate(fn: Any) -> Any:
+        fn = click.option("--workers", "legacy_workers", type=click.IntRange(min=1), default=None, hidden=True,
+                          help="Old name of --threads.")(fn)
+        return click.option("--threads", "workers", type=click.IntRange(min=1), default=default, show_default=True,
+                            help=what)(fn)
+
+    return decorate
+
+
+def namespace(kw: dict[str, Any]) -> SimpleNamespace:
+    """The parsed options as attributes (``--workers`` folded into ``--threads``)."""
+    legacy = kw.pop("legacy_workers", None)
+    if legacy is not None:
+        kw["workers"] = legacy
+    return SimpleNamespace(**kw)

@@ -8,7 +8,6 @@ the median of ``--repeats`` timed batches under ``torch.inference_mode``. Writes
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import statistics
@@ -16,6 +15,10 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import click
 
 import torch
 from torch import nn
@@ -129,15 +132,26 @@ def _write(path: Path, data: dict) -> None:
     tmp.replace(path)
 
 
+@click.command(name="models")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="JSON file to write.")
+@click.option("--batch", type=click.IntRange(min=1), default=8, show_default=True, help="Images per timed batch.")
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Timed batches per case (the median is kept).")
+@click.option("--unet-size", type=click.IntRange(min=32), default=512, show_default=True,
+              help="U-Net / D_e / D_d / D_s input side.")
+@click.option("--only", default="", help="Comma-separated substrings of network names to run [default: all].")
+@click.option("--no-cpu", is_flag=True, help="Skip CPU (e.g. on a GPU machine).")
+def command(**kw: Any) -> None:
+    """Forward throughput (images/s) of every network at its inference size: CPU float32, and with CUDA float32
+    and bf16 autocast + channels_last; JSON + a markdown table."""
+    _run(SimpleNamespace(**kw))
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--unet-size", type=int, default=512, help="U-Net / D_e / D_d / D_s input side")
-    parser.add_argument("--only", default="", help="comma-separated substrings of network names to run")
-    parser.add_argument("--no-cpu", action="store_true", help="skip CPU (e.g. on a GPU machine)")
-    args = parser.parse_args(argv)
+    command.main(args=argv, prog_name="wsi-pipeline bench models")
+
+
+def _run(args: Any) -> None:
 
     torch.manual_seed(0)
     selected = [c for c in cases(args.unet_size)

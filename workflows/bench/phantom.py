@@ -14,7 +14,6 @@ Results: ``results.json`` and ``results.md``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -22,7 +21,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
+
+import click
 
 from .common import save_results
 
@@ -99,17 +101,30 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+@click.command(name="phantom")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-out/phantom"),
+              show_default=True, help="Results folder (results.json, results.md) and scratch slides.")
+@click.option("--sizes", default="1024,2048", show_default=True, help="Square phantom sides in level-0 px.")
+@click.option("--stains", default="PAS", show_default=True, help="Stains of each phantom, comma-separated.")
+@click.option("--threads", default="0", show_default=True,
+              help="Render threads to try, e.g. 1,2 (0: the writer's default).")
+@click.option("--rounds", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Interleaved rounds per variant.")
+@click.option("--baseline", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Another checkout of wsi-pipeline to measure the same way.")
+@click.option("--demo", is_flag=True, help="Also time `wsi-pipeline demo` end to end.")
+@click.option("--demo-size", type=click.IntRange(min=1024), default=4096, show_default=True,
+              help="Phantom side of the timed demo (level-0 px).")
+def command(**kw: Any) -> None:
+    """Phantom writer MPix/s and the demo's wall time, this tree vs another checkout, each in a fresh process."""
+    _run(SimpleNamespace(**kw))
+
+
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=Path("bench-out/phantom"))
-    p.add_argument("--sizes", default="1024,2048", help="square phantom sides in level-0 px")
-    p.add_argument("--stains", default="PAS")
-    p.add_argument("--threads", default="0", help="render threads to try, e.g. 1,2 (0: the writer's default)")
-    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds per variant")
-    p.add_argument("--baseline", type=Path, default=None, help="another checkout to measure the same way")
-    p.add_argument("--demo", action="store_true", help="also time `wsi-pipeline demo` end to end")
-    p.add_argument("--demo-size", type=int, default=4096)
-    args = p.parse_args(argv)
+    command.main(args=argv, prog_name="wsi-pipeline bench phantom")
+
+
+def _run(args: Any) -> None:
     ours = Path(__file__).resolve().parents[2]
     trees = ([("baseline", args.baseline.resolve())] if args.baseline else []) + [("this tree", ours)]
     out = args.out.resolve()

@@ -24,7 +24,6 @@ which costs the same compute (labelled ``random`` in the results). Results: ``re
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import multiprocessing as mp
@@ -33,9 +32,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import click
 import numpy as np
 
-from .common import peak_rss_mib
+from .common import namespace, peak_rss_mib, threads_options
 
 SHIPPED_ARCH: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {  # the shipped recipes' architectures (configs/train-*.yaml), for stand-ins with random weights
     "g2c": ("g2c", {"stains": ["HE", "MASSON", "PASM"], "generator": {"ngf": 16, "n_blocks": 6},
@@ -273,20 +273,41 @@ def _overheads_job(queue: Any, slide_dir: str, slide: str, config: dict[str, Any
                         classify=classify))
 
 
+@click.command(name="pipeline")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-out/pipeline"),
+              show_default=True, help="Output folder (slides, jobs, results.json, results.md).")
+@click.option("--sizes", default="2048,3072,4096", show_default=True,
+              help="Phantom sides in level-0 px (0.5 um/px), comma-separated.")
+@threads_options(1, "Threads of each slide job (1: no oversubscription on 2 cores).")
+@click.option("--seed", type=int, default=11, show_default=True, help="Phantom layout seed.")
+@click.option("--model-stage", is_flag=True, help="Only the side-by-side model-stage comparison (ours vs MONAI vs "
+              "a bare forward).")
+@click.option("--no-model-stage", is_flag=True, help="Leave the side-by-side model-stage comparison out.")
+@click.option("--side", type=click.IntRange(min=512), default=4096, show_default=True,
+              help="Model-stage input side (px at 2 um/px).")
+@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Model-stage rounds (interleaved; the median is reported).")
+@click.option("--model-threads", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Torch threads of each model-stage variant.")
+def command(**kw: Any) -> None:
+    """The end-to-end slide job on synthetic slides: time per stage, peak RSS, overhead over the model passes."""
+    args = namespace(kw)
+    try:
+        if not all(int(s) >= 256 for s in args.sizes.split(",")):
+            raise ValueError
+    except ValueError:
+        raise click.BadParameter(f"{args.sizes!r}: expected sides >= 256 px, e.g. 2048,4096",
+                                 param_hint="--sizes") from None
+    _run(args)
+
+
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=Path("bench-out/pipeline"))
-    p.add_argument("--sizes", default="2048,3072,4096", help="phantom sides in level-0 px (0.5 um/px)")
-    p.add_argument("--workers", type=int, default=1, help="Dask threads per job (1: no oversubscription on 2 cores)")
-    p.add_argument("--seed", type=int, default=11)
-    p.add_argument("--model-stage", action="store_true", help="only the side-by-side model-stage comparison")
-    p.add_argument("--no-model-stage", action="store_true", help="leave the side-by-side comparison out")
-    p.add_argument("--side", type=int, default=4096, help="model-stage input side (px at 2 um/px)")
-    p.add_argument("--rounds", type=int, default=3, help="model-stage rounds (interleaved, median)")
-    p.add_argument("--threads", type=int, default=2, help="model-stage torch threads")
-    args = p.parse_args(argv)
+    command.main(args=argv, prog_name="wsi-pipeline bench pipeline")
+
+
+def _run(args: Any) -> None:
     if args.model_stage:
-        side_by_side(args.out.resolve(), side=args.side, rounds=args.rounds, threads=args.threads)
+        side_by_side(args.out.resolve(), side=args.side, rounds=args.rounds, threads=args.model_threads)
         return
     from workflows.job_config import JobConfig
     from workflows.slide_job import slide_stem
@@ -344,7 +365,7 @@ def main(argv: list[str] | None = None) -> None:
     (out / "results.md").write_text(to_markdown(results))
     print(to_markdown(results))
     if not args.no_model_stage:
-        side_by_side(out, side=args.side, rounds=args.rounds, threads=args.threads)
+        side_by_side(out, side=args.side, rounds=args.rounds, threads=args.model_threads)
 
 
 def side_by_side(out: Path, *, side: int, rounds: int, threads: int) -> dict[str, Any]:

@@ -12,14 +12,16 @@ on the same inputs: segmentation Dice of the thresholded masks (kept if >= 0.995
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
+
+import click
 
 import numpy as np
 
@@ -182,20 +184,33 @@ def to_markdown(r: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+@click.command(name="precision")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-out/precision"),
+              show_default=True, help="Results folder (results.json, results.md).")
+@click.option("--rounds", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Interleaved rounds per variant (best time kept).")
+@click.option("--batch", type=click.IntRange(min=1), default=3, show_default=True, help="Windows per forward.")
+@click.option("--windows", type=click.IntRange(1, 6), default=6, show_default=True,
+              help="512-px windows cut from real tiles (at most 6).")
+@click.option("--all-generators", is_flag=True, help="Also the real-stain generators.")
+@click.option("--networks", default="segmenter,generators,g2c", show_default=True,
+              help="Comma-separated subset of the networks to measure.")
+@click.option("--variants", default=",".join(VARIANTS), show_default=True,
+              help="Comma-separated subset of the precision / memory-layout variants.")
+def command(**kw: Any) -> None:
+    """CPU fast paths per shipped network: bf16 autocast and channels_last against float32 (speed, agreement)."""
+    _run(SimpleNamespace(**kw))
+
+
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=Path("bench-out/precision"), help="results folder")
-    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds per variant (best time kept)")
-    p.add_argument("--batch", type=int, default=3, help="windows per forward")
-    p.add_argument("--windows", type=int, default=6, help="512-px windows of real tiles (at most 6)")
-    p.add_argument("--all-generators", action="store_true", help="also the real-stain generators")
-    p.add_argument("--networks", default="segmenter,generators,g2c", help="comma-separated subset to measure")
-    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ", ".join(VARIANTS))
-    args = p.parse_args(argv)
+    command.main(args=argv, prog_name="wsi-pipeline bench precision")
+
+
+def _run(args: Any) -> None:
     chosen = ["fp32", *(v.strip() for v in args.variants.split(",") if v.strip() != "fp32")]
     unknown = [v for v in chosen if v not in VARIANTS]
     if unknown:
-        p.error(f"--variants: unknown {unknown}")
+        raise click.BadParameter(f"unknown {unknown}", param_hint="--variants")
     for v in list(VARIANTS):
         if v not in chosen:
             del VARIANTS[v]

@@ -11,7 +11,6 @@ the level-0 chunks the tissue detector selects. Results: ``results.json`` and ``
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -23,9 +22,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import click
 import numpy as np
 
-from .common import peak_rss_mib
+from .common import namespace, peak_rss_mib, threads_options
 
 PAS = Path(__file__).resolve().parents[3] / "shared" / "data" / "kidney-stains" / "orig_patch_stain_02.png"
 MPP = 0.25
@@ -202,9 +202,9 @@ def measure(kind: str, slide_path: Path, *, tile: int, workers: int, scratch: Pa
             "load_avg_1min": os.getloadavg()[0], **extra}
 
 
-def _subprocess(kind: str, slide: Path, args: argparse.Namespace, mpp: float | None = None) -> dict[str, Any]:
+def _subprocess(kind: str, slide: Path, args: Any, mpp: float | None = None) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "workflows.bench.tiling", "--measure", kind, "--slide", str(slide),
-           "--tile", str(args.tile), "--workers", str(args.workers), "--out", str(args.out),
+           "--tile", str(args.tile), "--threads", str(args.workers), "--out", str(args.out),
            "--store-dir", str(args.store_dir or args.out / "scratch")]
     cmd += ["--mpp", str(mpp or 0)]  # 0 = level 0 (the option's default is for the driver's extra rows)
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
@@ -216,7 +216,7 @@ def _subprocess(kind: str, slide: Path, args: argparse.Namespace, mpp: float | N
     return row
 
 
-def _best_of(kinds: list[str], slide: Path, args: argparse.Namespace, *, mpp: float | None = None,
+def _best_of(kinds: list[str], slide: Path, args: Any, *, mpp: float | None = None,
              reps: int) -> dict[str, Any]:
     """Run each kind ``reps`` times, interleaved (a, b, c, a, b, c, ...); keep every run, report the fastest."""
     runs: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
@@ -259,32 +259,48 @@ METHODOLOGY = (
     "the least of the runs: less sensitive to load than wall time. store MB = bytes tiling wrote.")
 
 
+@click.command(name="tiling")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Output folder (slides cache, scratch stores, results.json, results.md).")
+@click.option("--sizes", default="10000,20000,40000", show_default=True,
+              help="Square PAS slides for the scaling rows (level-0 px, comma-separated).")
+@click.option("--compare-size", type=click.IntRange(min=0), default=20000, show_default=True,
+              help="PAS slide used for the comparison rows (0 to skip).")
+@click.option("--slides-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Generated-slide cache [default: OUT/slides].")
+@click.option("--phantom-size", type=click.IntRange(min=0), default=20000, show_default=True,
+              help="Phantom slide side for the comparison rows (0 to skip the phantom).")
+@click.option("--tile", type=click.IntRange(16, 8192), default=512, show_default=True, help="Chunk edge in px.")
+@threads_options(2, "Threads of each measured tiling run and of the decode floor.")
+@click.option("--reps", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Interleaved repetitions per measurement (the best is kept).")
+@click.option("--scaling-reps", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Repetitions of the scaling rows.")
+@click.option("--mpp", default="2.0,1.5", show_default=True,
+              help="Target MPPs of the extra 'coarser resolution' rows, comma-separated ('' to skip): on the "
+                   "0.25 um/px slides 2.0 copies pyramid level 3 exactly, 1.5 resamples level 2 by 1.5.")
+@click.option("--scanner-size", type=click.IntRange(min=0), default=20000, show_default=True,
+              help=f"A PAS slide laid out as a 40x scanner writes it ({SCANNER_MPP} um/px, 4x levels), tiled at "
+                   "--scanner-mpp (0 to skip).")
+@click.option("--scanner-mpp", default="2.0,1.0", show_default=True,
+              help="On the scanner-like slide 2.0 reduces the 4x level by 2 (2.02 um/px), 1.0 copies it.")
+@click.option("--processes", is_flag=True, help="Also time tiling on a distributed process cluster.")
+@click.option("--store-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where the measured zarr stores go [default: OUT/scratch; /dev/shm isolates disk writes].")
+@click.option("--measure", default=None, hidden=True, help="One measurement in this process (internal).")
+@click.option("--slide", type=click.Path(path_type=Path), default=None, hidden=True,
+              help="The slide of --measure (internal).")
+def command(**kw: Any) -> None:
+    """Tiling vs the JPEG-decode floor vs an openslide read_region loop, on generated PAS and phantom slides
+    (each measurement in a fresh process: time, CPU, peak RSS)."""
+    _run(namespace(kw))
+
+
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--sizes", default="10000,20000,40000", help="square PAS slides for the scaling rows")
-    ap.add_argument("--compare-size", type=int, default=20000,
-                    help="PAS slide used for the comparison rows (0 to skip)")
-    ap.add_argument("--slides-dir", type=Path, default=None, help="generated-slide cache [default: OUT/slides]")
-    ap.add_argument("--phantom-size", type=int, default=20000, help="0 to skip the phantom")
-    ap.add_argument("--tile", type=int, default=512)
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--reps", type=int, default=3, help="interleaved repetitions per measurement (best is kept)")
-    ap.add_argument("--scaling-reps", type=int, default=2)
-    ap.add_argument("--mpp", default="2.0,1.5",
-                    help="target MPPs of the extra 'coarser resolution' rows, comma-separated ('' to skip): on the "
-                         "0.25 um/px slides 2.0 copies pyramid level 3 exactly, 1.5 resamples level 2 by 1.5")
-    ap.add_argument("--scanner-size", type=int, default=20000,
-                    help=f"a PAS slide laid out as a 40x scanner writes it ({SCANNER_MPP} um/px, 4x levels), "
-                         "tiled at --scanner-mpp (0 to skip)")
-    ap.add_argument("--scanner-mpp", default="2.0,1.0",
-                    help="on the scanner-like slide 2.0 reduces the 4x level by 2 (2.02 um/px), 1.0 copies it")
-    ap.add_argument("--processes", action="store_true", help="also time tiling on a distributed process cluster")
-    ap.add_argument("--store-dir", type=Path, default=None,
-                    help="where the measured zarr stores go (default OUT/scratch; /dev/shm isolates disk writes)")
-    ap.add_argument("--measure", help=argparse.SUPPRESS)
-    ap.add_argument("--slide", type=Path, help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
+    command.main(args=argv, prog_name="wsi-pipeline bench tiling")
+
+
+def _run(args: Any) -> None:
     if args.measure:
         scratch = (args.store_dir or args.out / "scratch") / f"tiling-bench-{os.getpid()}"
         scratch.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,6 @@ checkout before and after a change.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import json
@@ -22,6 +21,10 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+import click
+
+from .common import namespace, threads_options
 
 __all__ = ["counting", "main"]
 
@@ -100,13 +103,23 @@ def counting(weight_files: Iterable[str | Path]) -> Iterator[Counter[str]]:
             setattr(owner, name, original)
 
 
+@click.command(name="trace")
+@click.argument("slide", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Output folder of the traced job.")
+@click.option("--task", default="full", show_default=True, type=click.Choice(["full", "segment", "translate"]),
+              help="The job's task.")
+@threads_options(1, "Threads of the slide job (Dask's threaded scheduler and PyTorch).")
+def command(**kw: Any) -> None:
+    """Repeated work of one slide job, fresh and resumed: slide opens, weight hashes, network builds, store reads."""
+    _run(namespace(kw))
+
+
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("slide", type=Path)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--task", default="full")
-    p.add_argument("--workers", type=int, default=1)
-    args = p.parse_args(argv)
+    command.main(args=argv, prog_name="wsi-pipeline bench trace")
+
+
+def _run(args: Any) -> None:
     from wsi_pipeline.weights import WEIGHTS_DIR
     from workflows.job_config import JobConfig
     from workflows.slide_job import run_slide

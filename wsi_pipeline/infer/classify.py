@@ -14,7 +14,7 @@ Everything here is pure: numpy/torch in, numpy out; reading the slide is the cal
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -129,12 +129,13 @@ def generate_stains(
 
 @torch.inference_mode()
 def g2c_probabilities(
-    pas: NDArray[np.uint8], model: G2CModel, *, batch_size: int = 16, device: str = "cpu", amp: bool | None = None
+    pas: NDArray[np.uint8], model: G2CModel, *, batch_size: int = 16, device: str = "cpu", amp: bool | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> NDArray[np.float32]:
     """Class probabilities ``(N, K)`` of PAS crops ``(N, H, W, 3)`` uint8: generators on the crops, then G2C.
 
     Identical to ``softmax(G2C(x) / model.temperature)`` of :class:`wsi_pipeline.models.G2C` for a model built
-    from one.
+    from one. ``progress(done, total)`` is called after each batch (glomeruli classified so far).
     """
     if pas.ndim != 4 or pas.shape[-1] != 3 or pas.dtype != np.uint8:
         raise ValueError(f"pas: expected uint8 (N, H, W, 3), got {pas.dtype} {pas.shape}")
@@ -147,6 +148,8 @@ def g2c_probabilities(
             generated = [(g(x * 2 - 1) + 1) / 2 for g in model.generators.values()]
             logits = model.classifier(torch.stack([x, *generated], dim=1))
         probs.append(torch.softmax(logits.float() / model.temperature, dim=1).cpu().numpy())
+        if progress is not None:
+            progress(min(i + batch_size, len(pas)), len(pas))
     k = len(model.classes)
     return np.concatenate(probs).astype(np.float32) if probs else np.zeros((0, k), np.float32)
 

@@ -15,11 +15,13 @@ from ..errors import SlideError
 from .base import Slide, TileDecoder, TileGrid
 from .dicom_backend import DicomFramesSlide, WsiDicomSlide, open_dicom
 from .openslide_backend import OpenSlideSlide, detect_vendor
+from .scale import MPP_RANGE, check_mpp_value, check_scale, check_upsample
 from .tifffile_backend import TiffSlide
 from .tiles import TiffTileDecoder
 
-__all__ = ["Slide", "TileDecoder", "TileGrid", "DicomFramesSlide", "OpenSlideSlide", "TiffSlide", "TiffTileDecoder",
-           "WsiDicomSlide", "open_slide", "choose_backend"]
+__all__ = ["MPP_RANGE", "Slide", "TileDecoder", "TileGrid", "DicomFramesSlide", "OpenSlideSlide", "TiffSlide",
+           "TiffTileDecoder", "WsiDicomSlide", "check_mpp_value", "check_scale", "check_upsample", "open_slide",
+           "choose_backend"]
 
 BACKENDS = ("auto", "openslide", "tifffile", "dicom")
 _TIFF_MAGIC = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")

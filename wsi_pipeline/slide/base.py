@@ -117,6 +117,8 @@ class Slide(abc.ABC):
     path: Path
     #: where ``mpp`` came from: ``"file"``, ``"override"`` (``mpp_override`` given) or ``None`` (unknown)
     mpp_source: str | None = None
+    #: when the file's MPP is a TIFF resolution tag (generic TIFF, NDPI): that tag in dots per inch, else ``None``
+    mpp_tag_dpi: float | None = None
 
     @property
     @abc.abstractmethod

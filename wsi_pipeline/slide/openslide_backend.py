@@ -14,6 +14,7 @@ import openslide
 
 from ..errors import SlideError
 from .base import Slide, check_region_args, resolve_mpp
+from .scale import openslide_tag_dpi
 from .tiles import TiffTileDecoder, composite_on_white
 
 # pixels per openslide call: openslide-python allocates w*h*4 bytes per call, so big regions are read in blocks
@@ -60,6 +61,7 @@ class OpenSlideSlide(Slide):
         self._level_downsamples = tuple(float(d) for d in osr.level_downsamples)
         mx, my = _float_prop(self._props, "openslide.mpp-x"), _float_prop(self._props, "openslide.mpp-y")
         self._mpp, self.mpp_source = resolve_mpp((mx, my) if mx and my else None, mpp_override)
+        self.mpp_tag_dpi = openslide_tag_dpi(self._props, (mx, my) if mx and my else None)
         self._tiff: Any = None  # TiffSlide for tile_decoder(), built on first use
         self._closed = False
 

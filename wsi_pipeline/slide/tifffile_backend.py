@@ -17,7 +17,8 @@ import numpy as np
 import tifffile
 
 from ..errors import SlideError
-from .base import Slide, level_window, mean_downsamples, resolve_mpp
+from .base import Slide, check_region_args, level_window, mean_downsamples, resolve_mpp
+from .scale import RESUNIT_UM, tag_dpi
 from .tiles import TiffTileDecoder, composite_on_white
 
 # micrometres per OME length unit (OME's UnitsLength enumeration, the common part)
@@ -25,7 +26,6 @@ _OME_UNIT_UM = {
     "m": 1e6, "cm": 1e4, "mm": 1e3, "µm": 1.0, "um": 1.0, "μm": 1.0, "micron": 1.0,
     "nm": 1e-3, "pm": 1e-6, "Å": 1e-4, "å": 1e-4, "in": 25400.0, "ft": 304800.0,
 }
-_RESUNIT_UM = {2: 25400.0, 3: 10000.0}  # TIFF ResolutionUnit: inch, centimetre
 
 
 class _Capture(logging.Handler):
@@ -195,10 +195,13 @@ class TiffSlide(Slide):
         page = self._tif.pages.first
         res_unit = int(page.tags.valueof(296, 2))  # ResolutionUnit, TIFF default inch (an int, unlike OME's unit)
         xr, yr = page.tags.valueof(282), page.tags.valueof(283)
-        if res_unit not in _RESUNIT_UM or not xr or not yr:
+        if res_unit not in RESUNIT_UM or not xr or not yr or not xr[1] or not yr[1]:
             return None
         rx, ry = xr[0] / xr[1], yr[0] / yr[1]
-        return (_RESUNIT_UM[res_unit] / rx, _RESUNIT_UM[res_unit] / ry) if rx > 0 and ry > 0 else None
+        if not (rx > 0 and ry > 0):
+            return None
+        self.mpp_tag_dpi = tag_dpi(rx, res_unit)  # a bare resolution tag: check_scale judges it
+        return (RESUNIT_UM[res_unit] / rx, RESUNIT_UM[res_unit] / ry)
 
     @cached_property
     def objective_power(self) -> float | None:

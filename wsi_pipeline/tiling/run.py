@@ -35,7 +35,7 @@ import numpy as np
 from shapely.geometry import MultiPolygon, mapping
 
 from ..errors import NoTissueError, SlideError
-from ..slide import Slide, open_slide
+from ..slide import Slide, check_upsample, open_slide
 from ..slide.tiles import TiffTileDecoder
 from ..tissue import TissueResult, detect_tissue, mask_to_polygons
 from .plan import (
@@ -88,13 +88,14 @@ def tile_slide(
     workers: int | None = None,
     mpp_override: float | None = None,
     overwrite: bool = False,
-    progress: bool = True,
+    progress: bool | Callable[[int, int], None] = True,
 ) -> TileResult:
     """Tile a slide's tissue into the zarr v3 group ``store_path``; resumes an interrupted run.
 
     ``slide``: a path, or a slide the caller already opened (with ``mpp_override`` applied; it stays open).
     ``client``: a ``dask.distributed.Client`` to run on; otherwise Dask's threaded scheduler with ``workers``
-    threads (default: all cores). Raises ``NoTissueError`` when no tissue is found (nothing is written) and
+    threads (default: all cores). ``progress``: a tqdm bar, or ``progress(done, total)`` called after each task.
+    Raises ``NoTissueError`` when no tissue is found (nothing is written) and
     ``StoreError`` when ``store_path`` holds a store written with other settings (unless ``overwrite``).
     """
     t0 = time.perf_counter()
@@ -104,6 +105,8 @@ def tile_slide(
     with opened if opened is not None else contextlib.nullcontext():
         slide_path = Path(src.path).resolve()
         mpp0 = _mean_mpp(src)
+        if mpp0 is not None and config.mpp is not None:
+            check_upsample(mpp0, config.mpp, max_upsample=config.max_upsample, path=slide_path)
         try:
             plan = plan_tiling(src.level_dimensions, src.level_downsamples, mpp0, target_mpp=config.mpp,
                                tile=config.tile, task_px=config.task_px, mpp_rtol=config.mpp_tolerance)
@@ -315,17 +318,24 @@ def _run_tasks(fn: Callable[[Any], int], jobs: Sequence[Any], *, client: Any, wo
 
 
 class _progress_bar:
-    """tqdm bar that is also the per-task callback; silent when ``enabled`` is False."""
+    """The per-task callback: a tqdm bar (``progress=True``), the caller's ``progress(done, total)``, or silent."""
 
-    def __init__(self, total: int, enabled: bool, *, desc: str) -> None:
+    def __init__(self, total: int, progress: bool | Callable[[int, int], None], *, desc: str) -> None:
         from tqdm.auto import tqdm
 
-        self._bar = tqdm(total=total, disable=not enabled, desc=desc, unit="task")
+        self._report = progress if callable(progress) else None
+        self._bar = tqdm(total=total, disable=progress is not True, desc=desc, unit="task")
         self._lock = threading.Lock()
+        self._done, self._total = 0, total
+        if self._report is not None:
+            self._report(0, total)
 
     def __call__(self) -> None:
         with self._lock:
             self._bar.update(1)
+            self._done += 1
+            if self._report is not None:
+                self._report(self._done, self._total)
 
     def __enter__(self) -> _progress_bar:
         return self
