@@ -220,3 +220,31 @@ def test_recipes_init_from_the_phantom_g2c_not_the_shipped_one(tmp_path: Path) -
     bad = cfg.model_copy(update={"init_sha256": "0" * 64, "init_cache": str(tmp_path)})
     with pytest.raises(Exception, match="does not match the expected"):
         build_real_model(bad)
+
+
+def test_cross_site_table_layout() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("g2c_real_table", REPO / "scripts" / "g2c_real_table.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    def run(tag: str, train: str, test: str, accs: list[float]) -> dict:  # type: ignore[type-arg]
+        seeds = [{"test_cv_threshold": {"balanced_accuracy": a, "auc": 0.9, "ece": 0.1},
+                  "test_raw": {"balanced_accuracy": a - 0.1, "auc": 0.9, "ece": 0.2},
+                  "test_calibrated": {"balanced_accuracy": a - 0.1, "auc": 0.9, "ece": 0.05}} for a in accs]
+        return {"tag": tag, "train_sites": [train], "test_sites": [test], "seeds": seeds, "temperature": 0.5,
+                "gs_threshold_cv": 0.3, "cv": {"n": 10, "raw": seeds[0]["test_raw"],
+                                               "calibrated": seeds[0]["test_calibrated"]}}
+
+    rows = [run("PAS_ALL+", "SESCAM", "SAS", [0.9, 0.8, 1.0]), run("PAS_ALL+", "SAS", "SESCAM", [0.7, 0.8, 0.6]),
+            run("PAS_ALL", "SESCAM", "SAS", [0.5, 0.5])]
+    lines = mod.table(rows).splitlines()
+    full = next(x for x in lines if x.startswith("| PAS_ALL+ "))
+    assert "90.0 +- 8.2 (90.0, 80.0, 100.0)" in full and "70.0 +- 8.2 (70.0, 80.0, 60.0)" in full
+    assert "**80.0 +- 0.0**" in full  # seed k of one direction paired with seed k of the other: (0.9+0.7)/2 ...
+    assert "93.68" in full and "90.45" in full  # the paper beside
+    half = next(x for x in lines if x.startswith("| PAS_ALL "))
+    assert "50.0 +- 0.0 (50.0, 50.0)" in half and half.count("| - ") == 3  # the direction not run, no mean
+    assert "| 0.200 | 0.050 |" in mod.calibration_table(rows) and "| 10 |" in mod.cv_table(rows)
