@@ -122,7 +122,7 @@ def main() -> None:
     joint = None if args.joint == "default" else args.joint == "joint"
     if not args.report_only:
         run_all(base, args.variants, args.out, joint=joint)
-    rows = [{"tag": p.parent.name, **json.loads(p.read_text())} for p in sorted(args.out.glob("*/*/result.json"))]
+    rows = [{"tag": p.parent.parent.name, **json.loads(p.read_text())} for p in sorted(args.out.glob("*/*/result.json"))]
     for r in rows:
         for s in r["seeds"]:
             s.pop("test_logits", None)
