@@ -27,11 +27,12 @@ PAPER = {"PAS_ONLY": (90.74, 87.41), "PAS_HE": (92.55, 88.05), "PAS_MASSON": (92
          "PAS_PASM": (92.46, 89.50), "PAS_ALL": (93.34, 89.90), "PAS_ALL+": (93.68, 90.45)}
 
 
-def run_all(base: G2CRealConfig, variants: list[str], out: Path, *, joint: bool | None = None) -> list[dict[str, Any]]:
+def run_all(base: G2CRealConfig, variants: list[str], out: Path, *, joint: bool | None = None,
+            directions: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = DIRECTIONS) -> list[dict[str, Any]]:
     data = read_real_crops(base.data)
     rows = []
     for variant in variants:
-        for train_sites, test_sites in DIRECTIONS:
+        for train_sites, test_sites in directions:
             update: dict[str, Any] = {"variant": variant, "train_sites": train_sites, "test_sites": test_sites}
             tag = variant
             if joint is not None:
@@ -116,12 +117,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/g2c-real"))
     parser.add_argument("--variants", nargs="+", default=["PAS_ONLY", "PAS_ALL+"])
     parser.add_argument("--joint", choices=("default", "frozen", "joint"), default="default")
+    parser.add_argument("--train-site", choices=("SESCAM", "SAS"), default=None,
+                        help="run only the direction that trains on this hospital")
     parser.add_argument("--report-only", action="store_true", help="rebuild table.md from finished runs only")
     args = parser.parse_args()
     base = load_config(args.config, G2CRealConfig)
     joint = None if args.joint == "default" else args.joint == "joint"
     if not args.report_only:
-        run_all(base, args.variants, args.out, joint=joint)
+        directions = tuple(d for d in DIRECTIONS if args.train_site in (None, d[0][0]))
+        run_all(base, args.variants, args.out, joint=joint, directions=directions)
     rows = [{"tag": p.parent.parent.name, **json.loads(p.read_text())} for p in sorted(args.out.glob("*/*/result.json"))]
     for r in rows:
         for s in r["seeds"]:
