@@ -142,6 +142,14 @@ def test_init_copies_the_shared_trunk_into_fewer_branches() -> None:
     for a, b in zip(dst.stem.state_dict().values(), src.stem.state_dict().values()):
         assert torch.equal(a, b)
     assert torch.allclose(dst.fc.weight, src.fc.weight[:, :16] * 4)
+    # PAS_ALL from PAS_ALL+: the same branches without attention: trunk and the whole fc, no attention
+    same = G2CClassifierConfig(num_stains=4, num_classes=3, stem_width=8, widths=(16,), blocks_per_unit=1,
+                               attention=False).build()
+    init_classifier(same, src)
+    assert torch.equal(same.fc.weight, src.fc.weight) and torch.equal(same.fc.bias, src.fc.bias)
+    for a, b in zip(same.trunk.parameters(), (p for m in src.trunk if type(m).__name__ == "BasicBlock"
+                                              for p in m.parameters())):
+        assert torch.equal(a, b)
 
 
 def test_recipe_init_and_generated_stains_on_real_crops(few, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

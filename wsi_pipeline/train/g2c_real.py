@@ -96,14 +96,15 @@ def _blocks(clf: G2CClassifier) -> list[nn.Module]:
 
 
 def init_classifier(clf: G2CClassifier, source: G2CClassifier) -> None:
-    """Copy the stem, the residual blocks (in order), matching attention and the fc columns of our branches."""
+    """Copy the stem, the residual blocks (in order) and the fc columns of our branches; the whole classifier when
+    the structure matches (attention included). Attention is never copied into a classifier without it."""
     clf.stem.load_state_dict(source.stem.state_dict())
     for mine, theirs in zip(_blocks(clf), _blocks(source), strict=True):
         mine.load_state_dict(theirs.state_dict())
-    if clf.num_stains == source.num_stains:
+    if clf.state_dict().keys() == source.state_dict().keys():  # same branches and attention: the whole classifier
         clf.load_state_dict(source.state_dict())
         return
-    n = clf.fc.in_features
+    n = clf.fc.in_features  # fewer branches, or the same without attention (PAS_ALL from PAS_ALL+): no attention
     with torch.no_grad():  # the first branches' columns: PAS (+ the first generated stains)
         clf.fc.weight.copy_(source.fc.weight[:, :n] * source.num_stains / clf.num_stains)
         clf.fc.bias.copy_(source.fc.bias)
