@@ -10,14 +10,17 @@ import pytest
 import torch
 from PIL import Image
 
+from wsi_pipeline.config import load_config
+from wsi_pipeline.errors import ConfigError
 from wsi_pipeline.infer.classify import G2CModel, decide, g2c_probabilities
 from wsi_pipeline.train.calibration import ece, fit_temperature, gs_probability
 from wsi_pipeline.train.data_real import RealCropsConfig, job_crop, read_labels, read_real_crops, slide_folds, slide_id
 from wsi_pipeline.train.g2c import ClassifierWidths
 from wsi_pipeline.train.g2c_real import (GROUPS, G2CRealConfig, augment_stack, build_real_model, cv_threshold,
-                                         init_classifier, logits_of, stain_stack, train_one)
+                                         init_classifier, logits_of, resolve_init, stain_stack, train_one)
 from wsi_pipeline.train.losses import grouped_focal_loss
 
+REPO = Path(__file__).resolve().parents[1]
 CROPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-glomeruli" / "aidpath-crops"
 FEW = ("SESCAM_4_0-12.png", "SESCAM_1_0-3.png", "SAS_21883_001-10.png", "SAS_21942_001-1.png")
 
@@ -139,11 +142,19 @@ def test_init_copies_the_shared_trunk_into_fewer_branches() -> None:
     for a, b in zip(dst.stem.state_dict().values(), src.stem.state_dict().values()):
         assert torch.equal(a, b)
     assert torch.allclose(dst.fc.weight, src.fc.weight[:, :16] * 4)
+    # PAS_ALL from PAS_ALL+: the same branches without attention: trunk and the whole fc, no attention
+    same = G2CClassifierConfig(num_stains=4, num_classes=3, stem_width=8, widths=(16,), blocks_per_unit=1,
+                               attention=False).build()
+    init_classifier(same, src)
+    assert torch.equal(same.fc.weight, src.fc.weight) and torch.equal(same.fc.bias, src.fc.bias)
+    for a, b in zip(same.trunk.parameters(), (p for m in src.trunk if type(m).__name__ == "BasicBlock"
+                                              for p in m.parameters())):
+        assert torch.equal(a, b)
 
 
-def test_shipped_init_and_a_generated_stain_on_real_crops(few) -> None:  # type: ignore[no-untyped-def]
-    cfg = G2CRealConfig(variant="PAS_ALL+", generators={"HE": "generator-PAS-HE", "MASSON": "generator-PAS-MASSON",
-                                                        "PASM": "generator-PAS-PASM"}, init="g2c")
+def test_recipe_init_and_generated_stains_on_real_crops(few, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    recipe = load_config(REPO / "configs" / "train-g2c-real-cv.yaml", G2CRealConfig)
+    cfg = recipe.model_copy(update={"variant": "PAS_ALL+", "init_cache": str(tmp_path / "init")})
     model, arch, digests = build_real_model(cfg)
     assert arch.stains == ("HE", "MASSON", "PASM") and set(digests) == {"HE", "MASSON", "PASM"}
     stack = stain_stack(model, few.images[:2])
@@ -174,3 +185,74 @@ def test_cross_site_run_then_calibrated_shipping_run(few, tmp_path: Path) -> Non
     _, record = load_model(shipped["seeds"][0]["model"])
     assert record.metadata["temperature"] == json.loads((tmp_path / "cv" / "result.json").read_text())["temperature"]
     assert 0 < record.metadata["gs_threshold"] < 1 and record.metadata["classes"] == ["noa", "ss", "gs"]
+
+
+def test_resolve_init_extracts_a_file_from_git_history(tmp_path: Path) -> None:
+    import subprocess
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(git + ["init", "-q"], check=True)
+    (repo / "w").mkdir()
+    (repo / "w" / "m.safetensors").write_bytes(b"first")
+    subprocess.run(git + ["add", "-A"], check=True)
+    subprocess.run(git + ["commit", "-qm", "one"], check=True)
+    rev = subprocess.run(git + ["rev-parse", "--short", "HEAD"], check=True, capture_output=True,
+                         text=True).stdout.strip()
+    (repo / "w" / "m.safetensors").write_bytes(b"second")  # the working tree changes: history does not
+    out = resolve_init(f"git:{rev}:w/m.safetensors", cache=tmp_path / "cache", repo=repo)
+    assert out.parent == tmp_path / "cache" and out.read_bytes() == b"first"
+    assert resolve_init(f"git:{rev}:w/m.safetensors", cache=tmp_path / "cache", repo=repo) == out  # reused
+    assert not list((tmp_path / "cache").glob("*.tmp*"))
+    with pytest.raises(ConfigError, match="cannot read w/none.safetensors"):
+        resolve_init(f"git:{rev}:w/none.safetensors", cache=tmp_path / "cache", repo=repo)
+    with pytest.raises(ConfigError, match="expected git:<commit>:<path>"):
+        resolve_init("git:only-a-rev", cache=tmp_path / "cache", repo=repo)
+    assert resolve_init("g2c").name == "g2c.safetensors"  # a shipped name, as before
+
+
+def test_recipes_init_from_the_phantom_g2c_not_the_shipped_one(tmp_path: Path) -> None:
+    from wsi_pipeline.models.registry import file_sha256, read_record
+    from wsi_pipeline.train.g2c import resolve_weights
+
+    for name in ("train-g2c-real-cv.yaml", "train-g2c-real.yaml"):
+        cfg = load_config(REPO / "configs" / name, G2CRealConfig)
+        assert cfg.init is not None and cfg.init.startswith("git:") and cfg.init_sha256
+        path = resolve_init(cfg.init, cache=tmp_path, repo=REPO)
+        assert file_sha256(path) == cfg.init_sha256  # the phantom-trained G2C of the recipe, byte for byte
+        assert file_sha256(path) != file_sha256(resolve_weights("g2c"))  # never the shipped (real-data) model
+        assert "train_sites" not in read_record(path).metadata  # trained on no real hospital
+        for stain, gen in cfg.generators.items():  # the shipped real-stain generators
+            assert gen == f"generator-real-PAS-{stain}" and resolve_weights(gen).is_file()
+    bad = cfg.model_copy(update={"init_sha256": "0" * 64, "init_cache": str(tmp_path)})
+    with pytest.raises(Exception, match="does not match the expected"):
+        build_real_model(bad)
+
+
+def test_cross_site_table_layout() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("g2c_real_table", REPO / "scripts" / "g2c_real_table.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    def run(tag: str, train: str, test: str, accs: list[float]) -> dict:  # type: ignore[type-arg]
+        seeds = [{"test_cv_threshold": {"balanced_accuracy": a, "auc": 0.9, "ece": 0.1},
+                  "test_raw": {"balanced_accuracy": a - 0.1, "auc": 0.9, "ece": 0.2},
+                  "test_calibrated": {"balanced_accuracy": a - 0.1, "auc": 0.9, "ece": 0.05}} for a in accs]
+        return {"tag": tag, "train_sites": [train], "test_sites": [test], "seeds": seeds, "temperature": 0.5,
+                "gs_threshold_cv": 0.3, "cv": {"n": 10, "raw": seeds[0]["test_raw"],
+                                               "calibrated": seeds[0]["test_calibrated"]}}
+
+    rows = [run("PAS_ALL+", "SESCAM", "SAS", [0.9, 0.8, 1.0]), run("PAS_ALL+", "SAS", "SESCAM", [0.7, 0.8, 0.6]),
+            run("PAS_ALL", "SESCAM", "SAS", [0.5, 0.5])]
+    lines = mod.table(rows).splitlines()
+    full = next(x for x in lines if x.startswith("| PAS_ALL+ "))
+    assert "90.0 +- 8.2 (90.0, 80.0, 100.0)" in full and "70.0 +- 8.2 (70.0, 80.0, 60.0)" in full
+    assert "**80.0 +- 0.0**" in full  # seed k of one direction paired with seed k of the other: (0.9+0.7)/2 ...
+    assert "93.68" in full and "90.45" in full  # the paper beside
+    half = next(x for x in lines if x.startswith("| PAS_ALL "))
+    assert "50.0 +- 0.0 (50.0, 50.0)" in half and half.count("| - ") == 3  # the direction not run, no mean
+    assert "| 0.200 | 0.050 |" in mod.calibration_table(rows) and "| 10 |" in mod.cv_table(rows)

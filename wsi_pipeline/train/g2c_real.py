@@ -21,6 +21,8 @@ it (jitter acts on the PAS input only). ``joint: true`` runs them in the loop an
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 import time
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -32,7 +34,7 @@ from pydantic import Field
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..atomic import atomic_write_json
+from ..atomic import atomic_write_bytes, atomic_write_json
 from ..config import FrozenConfig
 from ..errors import ConfigError
 from ..models.blocks import BasicBlock
@@ -58,7 +60,11 @@ class G2CRealConfig(FrozenConfig):
 
     variant: RealVariant = "PAS_ONLY"
     generators: dict[str, str] = {}  # stain -> PAS -> stain generator checkpoint (path or shipped name)
-    init: str | None = "g2c"  # a g2c record whose classifier initialises ours (stem/trunk; fc sliced per branch)
+    # a g2c record whose classifier initialises ours (stem/trunk; fc sliced per branch): a path, a shipped name, or
+    # "git:<commit>:<path>" (a file from this repository's history, extracted into init_cache: see resolve_init)
+    init: str | None = "g2c"
+    init_sha256: str | None = None  # the init file's expected SHA-256 (checked when set)
+    init_cache: str = "runs/init"
     classifier: ClassifierWidths = ClassifierWidths()  # used when init is None
     joint: bool = False
     freeze_epochs: int = Field(2, ge=0)
@@ -90,17 +96,45 @@ def _blocks(clf: G2CClassifier) -> list[nn.Module]:
 
 
 def init_classifier(clf: G2CClassifier, source: G2CClassifier) -> None:
-    """Copy the stem, the residual blocks (in order), matching attention and the fc columns of our branches."""
+    """Copy the stem, the residual blocks (in order) and the fc columns of our branches; the whole classifier when
+    the structure matches (attention included). Attention is never copied into a classifier without it."""
     clf.stem.load_state_dict(source.stem.state_dict())
     for mine, theirs in zip(_blocks(clf), _blocks(source), strict=True):
         mine.load_state_dict(theirs.state_dict())
-    if clf.num_stains == source.num_stains:
+    if clf.state_dict().keys() == source.state_dict().keys():  # same branches and attention: the whole classifier
         clf.load_state_dict(source.state_dict())
         return
-    n = clf.fc.in_features
+    n = clf.fc.in_features  # fewer branches, or the same without attention (PAS_ALL from PAS_ALL+): no attention
     with torch.no_grad():  # the first branches' columns: PAS (+ the first generated stains)
         clf.fc.weight.copy_(source.fc.weight[:, :n] * source.num_stains / clf.num_stains)
         clf.fc.bias.copy_(source.fc.bias)
+
+
+_GIT_SPEC = re.compile(r"git:(?P<rev>[0-9A-Za-z._/-]+):(?P<path>[^:]+)")
+
+
+def resolve_init(spec: str, *, cache: str | Path = "runs/init", repo: str | Path = ".") -> Path:
+    """The checkpoint file of ``init``: ``git:<commit>:<path>`` is extracted once from the history of the git
+    repository at ``repo`` into ``cache`` (atomically; reused afterwards); anything else as :func:`resolve_weights`."""
+    m = _GIT_SPEC.fullmatch(spec)
+    if m is None:
+        if spec.startswith("git:"):
+            raise ConfigError(f"init={spec!r}: expected git:<commit>:<path>")
+        return resolve_weights(spec)
+    rev, inner = m["rev"], m["path"]
+    out = Path(cache) / f"{rev.replace('/', '_')}-{inner.replace('/', '_')}"
+    if out.is_file():
+        return out
+    try:
+        blob = subprocess.run(["git", "-C", str(repo), "show", f"{rev}:{inner}"], capture_output=True, check=True,
+                              timeout=120).stdout
+    except FileNotFoundError:
+        raise ConfigError(f"init={spec!r}: git is not installed") from None
+    except subprocess.CalledProcessError as exc:
+        reason = exc.stderr.decode(errors="replace").strip() or f"exit status {exc.returncode}"
+        raise ConfigError(f"init={spec!r}: cannot read {inner} at {rev} from the git repository {repo}: {reason} "
+                          f"(a full clone is needed, not a shallow one)") from None
+    return atomic_write_bytes(out, blob)
 
 
 def build_real_model(config: G2CRealConfig) -> tuple[G2C, G2CConfig, dict[str, str]]:
@@ -109,7 +143,8 @@ def build_real_model(config: G2CRealConfig) -> tuple[G2C, G2CConfig, dict[str, s
     gens, digests, gen_cfg = load_generators(stains, config.generators, variant=config.variant)
     source: G2CClassifier | None = None
     if config.init:
-        init_net, init_record = load_model(resolve_weights(config.init))
+        init_net, init_record = load_model(resolve_init(config.init, cache=config.init_cache),
+                                           expected_sha256=config.init_sha256)
         if init_record.arch != "g2c":
             raise ConfigError(f"init={config.init!r}: arch {init_record.arch!r}, expected 'g2c'")
         source = cast(G2CClassifier, init_net.classifier)
@@ -313,4 +348,4 @@ def _summarise(config: G2CRealConfig, root: Path, train: RealGlomeruli, test: Re
 
 
 __all__ = ["CLASSES", "G2CRealConfig", "GROUPS", "REAL_VARIANTS", "RealVariant", "augment_stack", "binary_scores", "build_real_model", "cv_threshold",
-           "init_classifier", "logits_of", "pooled_calibration", "stain_stack", "train_g2c_real", "train_one", "unit"]
+           "init_classifier", "logits_of", "pooled_calibration", "resolve_init", "stain_stack", "train_g2c_real", "train_one", "unit"]
