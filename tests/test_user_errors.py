@@ -246,3 +246,25 @@ def test_sigint_stops_the_batch_cleanly_and_a_second_run_is_refused(tmp_path: Pa
     # a log file keeps each row of the summary on one line
     rows = [line for line in resumed.stdout.splitlines() if ".svs" in line]
     assert len(rows) == 4 and all(str(out) in row for row in rows), resumed.stdout
+
+
+def test_every_long_stage_reports_progress(tmp_path: Path) -> None:
+    from workflows.job_config import load_job_config
+    from workflows.report import progress_text
+    from workflows.slide_job import run_slide
+
+    slide = disc_slide(tmp_path / "p.svs")
+    config = load_job_config(job_config_file(tmp_path / "models", save_models(tmp_path / "models")))
+    events: list[tuple[str, int, int]] = []
+    entry = run_slide(slide, tmp_path / "out", config=config, workers=1, on_progress=lambda *e: events.append(e))
+    assert entry["status"] == "ok" and entry["counts"]["glomeruli"] == 3, entry
+    stages: dict[str, list[tuple[int, int]]] = {}
+    for stage, done, total in events:
+        stages.setdefault(stage, []).append((done, total))
+    assert set(stages) == {"tile", "segment", "classify"}, stages
+    for stage, seen in stages.items():
+        dones = [d for d, _ in seen]
+        assert dones == sorted(dones) and seen[-1][0] == seen[-1][1] > 0, (stage, seen)
+        assert len({t for _, t in seen}) == 1, (stage, seen)  # the total is known from the start
+    assert stages["classify"][-1] == (3, 3)  # glomeruli classified
+    assert progress_text("segment", 1, 4, 10.0) == "segment 1/4 blocks (25%), ETA 0m30s"
