@@ -2,9 +2,9 @@
 
 ``TorchPredictor(module)`` is a ``model_fn``: numpy ``(N, C, h, w)`` batches (uint8 or float) in, float32 numpy
 ``(N, C_out, h, w)`` out. On CUDA it uses bf16 autocast and channels_last (tensor cores want NHWC); on CPU plain
-float32: on the reference host (AVX2, no AVX-512 BF16) bf16 autocast ran the shipped networks 2-3x slower and moved
-the segmentation (Dice 0.992 against float32, below the 0.995 we require), and channels_last gave no steady gain
-(``wsi-pipeline bench precision``, docs/benchmarks.md).
+float32: on the reference host (AVX2, no AVX-512 BF16) bf16 autocast ran the segmenter 2-3x and the generators
+30-160x slower and changed their outputs (segmentation Dice 0.992 against float32, below the 0.995 we require), and
+channels_last gave no steady gain (``wsi-pipeline bench precision``, docs/benchmarks.md).
 """
 
 from __future__ import annotations
