@@ -1,10 +1,10 @@
 """The model stage side by side: our ``predict_zarr`` vs MONAI's ``sliding_window_inference`` vs a bare forward.
 
-    wsi-pipeline bench pipeline --model-stage [--side 4096] [--rounds 3] [--threads 2]
+    wsi-pipeline bench pipeline --model-stage [--side 4096] [--rounds 3] [--model-threads 2]
 
 One input for all: a ``side`` x ``side`` px image at the segmentation resolution (2 um/px) made of the real AIDPATH
 PAS tiles, tissue inside an ellipse and glass (white) around it, in a zarr store shaped like the tiling store's
-level 0 (``(c, y, x)``, 512-px chunks). Same shipped segmenter, ``--threads`` torch threads, gaussian blending,
+level 0 (``(c, y, x)``, 512-px chunks). Same shipped segmenter, ``--model-threads`` torch threads, gaussian blending,
 64 px overlap, batch 8 (the job's defaults row: its own window, batch and tissue mask). Every variant runs in its own
 fresh process, interleaved, ``--rounds`` times; the median is reported, with the process's peak RSS. Timed: reading
 the store, the forward, blending and writing the uint8 probabilities to a zarr array (MONAI: the whole image read
