@@ -31,8 +31,8 @@ def command(out_dir: Path, size: int, stains: str, n_glomeruli: int | None, seed
 
     from wsi_pipeline.synth import parse_stains, write_phantom
 
+    stain_list = parse_stains(stains)  # fail on a bad stain before anything is created or rendered
     writable_folder(out_dir, "OUT_DIR")
-    stain_list = parse_stains(stains)  # fail on a bad stain before any rendering
     t0 = time.perf_counter()
     ph = write_phantom(out_dir, size=size, stains=stain_list, n_glomeruli=n_glomeruli, seed=seed, mpp=mpp,
                        ome=ome, name=name, progress=progress)
