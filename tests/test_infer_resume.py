@@ -102,7 +102,7 @@ def test_sigkilled_runs_resume_to_byte_identical_outputs(store: Path) -> None:
     assert first[-1] == "progress 2 10"
     second = run(store, "out", kill_when_done=5)  # resumes at unit 3; killed by us inside a later unit
     assert second[0] == "progress 3 10"
-    done = {int(p.name) for p in (store / ".out.done").iterdir()}
+    done = {int(p.name) for p in (store / "out" / ".done").iterdir()}
     assert len(done) >= 5 and "finished" not in second
     # a half-written chunk of an unfinished unit (as a kill during the write leaves it) is never trusted
     row = min(set(range(1, 11)) - done)  # units = chunk rows 1..10 (row 0 has no tissue)

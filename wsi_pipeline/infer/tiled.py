@@ -8,7 +8,7 @@ row by row, batched per row, adds each weighted prediction into the buffers of t
 done marker. Each chunk belongs to one unit, so no chunk is written twice. With ``margin >= receptive radius`` the
 result equals whole-image inference.
 
-Resume: a unit's marker (``.<name>.done/<unit>`` next to the array, written atomically after its chunks) is the
+Resume: a unit's marker (``<name>/.done/<unit>`` inside the array's folder, written atomically after its chunks) is the
 only proof that its chunks are whole; a re-run with the same settings, source and model (``resume_key``) skips
 marked units and recomputes the rest, including any half-written chunk. Every pixel of a unit still adds the same
 windows, batched the same way, in the same order, so a resumed output is byte-identical to an uninterrupted one.
@@ -184,12 +184,10 @@ def _to_dtype(pred: np.ndarray, dtype: str) -> np.ndarray:
 
 # -- resume markers ----------------------------------------------------------------------------------------------
 def _marker_dir(out: zarr.Array) -> Path | None:
-    """``<group>/.<name>.done`` for an array in a local store (not a zarr node: zarr never lists it); else None."""
+    """``<array>/.done`` for an array in a local store, else None. Inside the array's folder, where zarr reads only
+    ``zarr.json`` and chunk keys, so no reader lists or warns about it (next to the array, group listings did)."""
     root = getattr(out.store, "root", None)
-    if root is None:
-        return None
-    parent, _, name = out.path.rpartition("/")
-    return Path(root) / parent / f".{name}.done"
+    return None if root is None else Path(root) / out.path / ".done"
 
 
 def _mark_done(folder: Path, unit: int) -> None:
@@ -225,7 +223,7 @@ def _open_output(group: zarr.Group, name: str, layout: Layout, *, size: tuple[in
     out_layout = layout if layout.channel is not None else Layout(2)
     parent = getattr(group.store, "root", None)
     if parent is not None:  # stale markers of another run go first: a crash then leaves nothing to trust
-        shutil.rmtree(Path(parent) / group.path / f".{name}.done", ignore_errors=True)
+        shutil.rmtree(Path(parent) / group.path / name / ".done", ignore_errors=True)
     out = out_layout.create_like(group, name, size=size, chunks=chunks, channels=channels, dtype=config.dtype)
     out.attrs.update({"inference": config.to_dict(), "source_shape": source_shape, "resume_key": key})
     return out
