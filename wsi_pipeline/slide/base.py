@@ -125,8 +125,10 @@ class Slide(abc.ABC):
     def level_dimensions(self) -> tuple[tuple[int, int], ...]: ...
 
     @property
-    @abc.abstractmethod
-    def level_downsamples(self) -> tuple[float, ...]: ...
+    def level_downsamples(self) -> tuple[float, ...]:
+        """Each level's downsample, openslide's way (the mean of the two axis ratios); a backend whose library
+        reports its own overrides this."""
+        return mean_downsamples(self.level_dimensions)
 
     @property
     @abc.abstractmethod
@@ -153,6 +155,14 @@ class Slide(abc.ABC):
     @abc.abstractmethod
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         """``size[1] x size[0] x 3`` uint8 RGB; transparent or out-of-slide areas are white."""
+
+    def _level_canvas(self, location: tuple[int, int], level: int, size: tuple[int, int]
+                      ) -> tuple[np.ndarray, int, int, tuple[int, int, int, int] | None]:
+        """A white ``size`` canvas for a ``read_region`` at ``level`` and where the request lies on that level
+        (``lx, ly, box``: see :func:`level_window`); a reader paints the part inside ``box`` into it."""
+        lx, ly, box = level_window(location, size, downsample=self.level_downsamples[level],
+                                   level_size=self.level_dimensions[level])
+        return np.full((int(size[1]), int(size[0]), 3), 255, np.uint8), lx, ly, box
 
     def tile_decoder(self, level: int) -> TileDecoder | None:
         """A direct tile decoder for ``level``, or ``None`` when the level is not a decodable tiled TIFF page."""

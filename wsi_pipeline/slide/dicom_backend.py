@@ -24,14 +24,33 @@ from typing import Any
 import numpy as np
 
 from ..errors import SlideError
-from .base import Slide, check_region_args, level_window, mean_downsamples, resolve_mpp
+from .base import Slide, check_region_args, resolve_mpp
 
 __all__ = ["DicomFramesSlide", "WsiDicomSlide", "open_dicom"]
 
 _WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"  # VL Whole Slide Microscopy Image Storage
 
 
-class WsiDicomSlide(Slide):
+class _DicomSlide(Slide):
+    """What both DICOM readers share: the MPP found (or overridden) when opening, and
+    no single objective power or bounds (DICOM records the objective per optical path)."""
+
+    _mpp: tuple[float, float] | None
+
+    @property
+    def mpp(self) -> tuple[float, float] | None:
+        return self._mpp
+
+    @property
+    def objective_power(self) -> float | None:
+        return None
+
+    @property
+    def bounds(self) -> tuple[int, int, int, int] | None:
+        return None
+
+
+class WsiDicomSlide(_DicomSlide):
     """A DICOM WSI read with wsidicom (the selected pyramid, every level)."""
 
     def __init__(self, path: str | os.PathLike[str], *, mpp_override: float | None = None) -> None:
@@ -53,22 +72,6 @@ class WsiDicomSlide(Slide):
     def level_dimensions(self) -> tuple[tuple[int, int], ...]:
         return tuple((int(lv.size.width), int(lv.size.height)) for lv in self._levels)
 
-    @functools.cached_property
-    def level_downsamples(self) -> tuple[float, ...]:
-        return mean_downsamples(self.level_dimensions)
-
-    @property
-    def mpp(self) -> tuple[float, float] | None:
-        return self._mpp
-
-    @property
-    def objective_power(self) -> float | None:
-        return None  # DICOM records the objective per optical path, not as one magnification
-
-    @property
-    def bounds(self) -> tuple[int, int, int, int] | None:
-        return None
-
     @property
     def vendor(self) -> str | None:
         return "dicom"
@@ -80,9 +83,7 @@ class WsiDicomSlide(Slide):
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         if not 0 <= level < self.level_count:
             raise IndexError(f"level={level} out of range 0..{self.level_count - 1} for {self.path}")
-        lx, ly, box = level_window(location, size, downsample=self.level_downsamples[level],
-                                   level_size=self.level_dimensions[level])
-        out = np.full((int(size[1]), int(size[0]), 3), 255, np.uint8)
+        out, lx, ly, box = self._level_canvas(location, level, size)
         if box is None:
             return out
         x0, y0, x1, y1 = box
@@ -97,7 +98,7 @@ class WsiDicomSlide(Slide):
         self._wsi.close()
 
 
-class DicomFramesSlide(Slide):
+class DicomFramesSlide(_DicomSlide):
     """One ``TILED_FULL`` DICOM instance of RGB frames, decoded with pydicom (a single level)."""
 
     def __init__(self, path: str | os.PathLike[str], *, mpp_override: float | None = None) -> None:
@@ -151,22 +152,6 @@ class DicomFramesSlide(Slide):
     @property
     def level_dimensions(self) -> tuple[tuple[int, int], ...]:
         return (self._size,)
-
-    @property
-    def level_downsamples(self) -> tuple[float, ...]:
-        return (1.0,)
-
-    @property
-    def mpp(self) -> tuple[float, float] | None:
-        return self._mpp
-
-    @property
-    def objective_power(self) -> float | None:
-        return None
-
-    @property
-    def bounds(self) -> tuple[int, int, int, int] | None:
-        return None
 
     @property
     def vendor(self) -> str | None:

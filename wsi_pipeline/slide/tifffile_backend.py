@@ -17,7 +17,7 @@ import numpy as np
 import tifffile
 
 from ..errors import SlideError
-from .base import Slide, check_region_args, level_window, mean_downsamples, resolve_mpp
+from .base import Slide, resolve_mpp
 from .scale import RESUNIT_UM, tag_dpi
 from .tiles import TiffTileDecoder, composite_on_white
 
@@ -143,10 +143,6 @@ class TiffSlide(Slide):
     def level_dimensions(self) -> tuple[tuple[int, int], ...]:
         return tuple((int(p.imagewidth), int(p.imagelength)) for p in self._pages)
 
-    @cached_property
-    def level_downsamples(self) -> tuple[float, ...]:
-        return mean_downsamples(self.level_dimensions)
-
     @property
     def mpp(self) -> tuple[float, float] | None:
         return self._mpp
@@ -263,9 +259,7 @@ class TiffSlide(Slide):
         ``location / downsample`` is whole (always at level 0); otherwise it resamples by the sub-pixel fraction.
         """
         self._check_level(level)
-        lx, ly, box = level_window(location, size, downsample=self.level_downsamples[level],
-                                   level_size=self.level_dimensions[level])
-        out = np.full((int(size[1]), int(size[0]), 3), 255, np.uint8)
+        out, lx, ly, box = self._level_canvas(location, level, size)
         if box is None:
             return out
         x0, y0, x1, y1 = box

@@ -63,17 +63,15 @@ def _load_generator(ref: str, digest: str | None, device: torch.device | str) ->
 
 
 class _FrozenGeneratorAugment(nn.Module):
-    """Shared parts: generators frozen in eval mode whatever the enclosing module does, and the per-sample draw."""
+    """Shared parts: every submodule (the generators) stays in eval mode whatever the enclosing module does (frozen
+    statistics), and the per-sample draw."""
 
     p: float
 
-    def _frozen(self) -> list[nn.Module]:
-        raise NotImplementedError
-
     def train(self, mode: bool = True) -> _FrozenGeneratorAugment:
         super().train(mode)
-        for net in self._frozen():
-            net.eval()  # frozen statistics
+        for net in self.children():
+            net.eval()
         return self
 
     def _chosen(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -102,9 +100,6 @@ class SelfAdversarialAugment(_FrozenGeneratorAugment):
         g_ab = _load_generator(config.g_ab, config.g_ab_sha256, device)
         g_ba = _load_generator(config.g_ba, config.g_ba_sha256, device)
         return cls(g_ab, g_ba, p=config.p, eps=config.eps)
-
-    def _frozen(self) -> list[nn.Module]:
-        return [self.g_ab, self.g_ba]
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -156,9 +151,6 @@ class StainTransferAugment(_FrozenGeneratorAugment):
             resolved = resolve_weights(ref)
             nets.append(_load_generator(str(resolved.path), resolved.sha256, device))
         return cls(nets, p=config.p, eps=config.eps)
-
-    def _frozen(self) -> list[nn.Module]:
-        return list(self.generators)
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
