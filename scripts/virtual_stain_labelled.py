@@ -67,8 +67,8 @@ def main() -> None:
     ap.add_argument("--macenko", action="store_true", help="also write Macenko-to-PAS normalised copies")
     args = ap.parse_args()
     items = read_labelled_folder(args.labelled)
-    stains = {s: None if s == "PAS" else generator_predictor(str(resolve_weights(GENERATORS[s]).path),
-                                                             resolve_weights(GENERATORS[s]).sha256, "cpu")
+    refs = {s: resolve_weights(GENERATORS[s]) for s in args.stains if s != "PAS"}
+    stains = {s: None if s == "PAS" else generator_predictor(str(refs[s].path), refs[s].sha256, "cpu")
               for s in args.stains}
     out = Path(args.out)
     final = args.final_mpp or args.mpp
