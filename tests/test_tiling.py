@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -274,7 +272,11 @@ tile_slide(sys.argv[1], sys.argv[2], config=TileConfig(tile=32, task_px=32), wor
 """
 
 
-def test_kill_mid_run_then_resume_is_byte_identical(slide_path: Path, tmp_path: Path) -> None:
+def test_kill_mid_run_then_resume_is_byte_identical(
+    slide_path: Path,
+    tmp_path: Path,
+    sigkill_after_markers: Callable[[subprocess.Popen[bytes], Path, int], dict[Path, int]],
+) -> None:
     cfg = TileConfig(tile=32, task_px=32)  # one chunk per task: many small tasks to interrupt
     reference = tmp_path / "ref.zarr"
     ref_res = tile_slide(slide_path, reference, config=cfg, workers=1, progress=False)
@@ -282,20 +284,11 @@ def test_kill_mid_run_then_resume_is_byte_identical(slide_path: Path, tmp_path: 
     store = tmp_path / "killed.zarr"
     proc = subprocess.Popen([sys.executable, "-c", _KILLABLE, str(slide_path), str(store)], cwd=ROOT)
     done_dir = store / "tiling_done" / "c"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
-        if done_dir.is_dir() and sum(1 for _ in done_dir.glob("*/*")) >= 50:
-            break
-        time.sleep(0.002)
-    assert proc.poll() is None, "tiling finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    finished = sigkill_after_markers(proc, done_dir, 50)
     assert not zarr.open_group(store, mode="r").attrs["wsi_pipeline"]["complete"]
     with pytest.raises(StoreError, match="did not finish"):
         read_store_info(store)
 
-    # (a marker the kill interrupted is a hidden .partial temp file, not a marker)
-    finished = {p: p.stat().st_mtime_ns for p in done_dir.glob("*/*") if not p.name.startswith(".")}
     done_blocks = {(int(p.parent.name), int(p.name)) for p in finished}
     # shard files of finished blocks (one per block and level) must not be rewritten
     kept = {p: p.stat().st_mtime_ns for r, c in done_blocks if (p := store / "0" / "c" / "0" / str(r) / str(c)).exists()}

@@ -4,10 +4,9 @@ plain-zarr readers in fresh processes, kill + resume."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -284,7 +283,11 @@ tile_slide(sys.argv[1], sys.argv[2], config=TileConfig(compressor="jpeg", tile=2
 """
 
 
-def test_kill_mid_copy_then_resume_is_byte_identical(slide_path: Path, tmp_path: Path) -> None:
+def test_kill_mid_copy_then_resume_is_byte_identical(
+    slide_path: Path,
+    tmp_path: Path,
+    sigkill_after_markers: Callable[[subprocess.Popen[bytes], Path, int], dict[Path, int]],
+) -> None:
     cfg = TileConfig(compressor="jpeg", tile=256, task_px=256)  # one chunk per block
     reference = tmp_path / "ref.zarr"
     ref = tile_slide(slide_path, reference, config=cfg, workers=1, progress=False)
@@ -292,16 +295,7 @@ def test_kill_mid_copy_then_resume_is_byte_identical(slide_path: Path, tmp_path:
     store = tmp_path / "killed.zarr"
     proc = subprocess.Popen([sys.executable, "-c", _KILLABLE, str(slide_path), str(store)], cwd=ROOT)
     done_dir = store / "tiling_done" / "c"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
-        if done_dir.is_dir() and sum(1 for _ in done_dir.glob("*/*")) >= 10:
-            break
-        time.sleep(0.002)
-    assert proc.poll() is None, "tiling finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    # (a marker the kill interrupted is a hidden .partial temp file, not a marker)
-    finished = {p: p.stat().st_mtime_ns for p in done_dir.glob("*/*") if not p.name.startswith(".")}
+    finished = sigkill_after_markers(proc, done_dir, 10)
     shards = [store / "0" / "c" / "0" / d.parent.name / d.name for d in finished]
     kept = {s: s.stat().st_mtime_ns for s in shards if s.exists()}
     assert len(kept) == len(finished) >= 10
