@@ -12,10 +12,18 @@ and may hide PAS information in its output), so these figures bound robustness t
 substitute for labelled slides that were stained that way.
 
     python scripts/virtual_stain_labelled.py [--labelled DIR] [--out bench-out/virtual-stains] [--mpp 1.6]
-        [--stains PAS HE ...] [--final-mpp 3.0] [--macenko]
+        [--stains PAS HE ...] [--final-mpp 3.0] [--macenko] [--via cyclegan|colour]
 
 ``--macenko`` also writes ``<stain>+macenko`` folders: each translated image Macenko-normalised to the colours of the
 first PAS control image (a colour-only "route to PAS" before segmenting).
+
+``--via colour`` replaces the generators by a colour-only re-staining that keeps every structure: each PAS image's
+own Macenko stain split (hematoxylin and PAS magenta) recomposed with the stain vectors and concentration range of a
+real patch of the target stain in ``kidney-stains`` (``COLOUR_REFERENCES``); the folders are named ``<stain>~colour``.
+It is the counterpart of the generators: it changes colours only, where the CycleGANs (trained on one 1000 px patch
+per stain) also destroy structure (docs/images/cyclegan-real-PAS-HE.png), so the two bracket what a real slide in
+that stain would show. It says nothing about a stain's different chemistry (an IHC's DAB marks cells, not the PAS
+pattern).
 
 ``--final-mpp`` resamples the translated images once more (e.g. 3.0: the overview sections some labs scan at about
 3 um/px); the folders are then named ``<stain>@<final-mpp>``.
@@ -25,6 +33,8 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +50,10 @@ from wsi_pipeline.weights import resolve_weights
 GENERATORS = {"HE": "generator-real-PAS-HE", "SILVER": "generator-real-PAS-PASM",
               "SIRIUS_RED": "generator-real-PAS-MASSON", "IHC_CD68": "generator-real-PAS-CD68"}
 
+# the real patch of each stain whose stain vectors the colour-only route uses (kidney-stains README)
+COLOUR_REFERENCES = {"HE": "orig_patch_stain_01.png", "SILVER": "orig_patch_stain_03.png",
+                     "SIRIUS_RED": "orig_patch_stain_32.png", "IHC_CD68": "orig_patch_stain_16.png"}
+
 
 def _resample(rgb: np.ndarray, labels: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Image (Lanczos) and mask (nearest) to ``size`` = (width, height)."""
@@ -48,7 +62,7 @@ def _resample(rgb: np.ndarray, labels: np.ndarray, size: tuple[int, int]) -> tup
     return image, mask
 
 
-def _translate(rgb: np.ndarray, predictor: object) -> np.ndarray:
+def _translate(rgb: np.ndarray, *, predictor: object) -> np.ndarray:
     """One whole image through a generator (padded by reflection to a multiple of 4, as its strides need)."""
     h, w = rgb.shape[:2]
     ph, pw = -h % 4, -w % 4
@@ -65,16 +79,25 @@ def main() -> None:
     ap.add_argument("--stains", nargs="+", default=["PAS", *GENERATORS], choices=["PAS", *GENERATORS])
     ap.add_argument("--final-mpp", type=float, default=None, help="resample the outputs to this um/px at the end")
     ap.add_argument("--macenko", action="store_true", help="also write Macenko-to-PAS normalised copies")
+    ap.add_argument("--via", choices=["cyclegan", "colour"], default="cyclegan",
+                    help="the shipped real-stain generators, or a colour-only re-staining (structure kept)")
+    ap.add_argument("--stain-patches", default="../shared/data/kidney-stains", help="references of --via colour")
     args = ap.parse_args()
     items = read_labelled_folder(args.labelled)
-    refs = {s: resolve_weights(GENERATORS[s]) for s in args.stains if s != "PAS"}
-    stains = {s: None if s == "PAS" else generator_predictor(str(refs[s].path), refs[s].sha256, "cpu")
-              for s in args.stains}
+    stains: dict[str, Callable[[np.ndarray], np.ndarray] | None] = {"PAS": None} if "PAS" in args.stains else {}
+    for s in (s for s in args.stains if s != "PAS"):
+        if args.via == "colour":
+            params = fit_macenko(np.asarray(Image.open(Path(args.stain_patches) / COLOUR_REFERENCES[s]).convert("RGB")))
+            stains[s] = partial(apply_macenko, params=params)
+        else:
+            ref = resolve_weights(GENERATORS[s])
+            stains[s] = partial(_translate, predictor=generator_predictor(str(ref.path), ref.sha256, "cpu"))
     out = Path(args.out)
     final = args.final_mpp or args.mpp
     reference: MacenkoParams | None = None
-    for stain, predictor in stains.items():
-        folder = out / (stain if args.final_mpp is None else f"{stain}@{args.final_mpp:g}")
+    for stain, restain in stains.items():
+        name = stain if stain == "PAS" or args.via == "cyclegan" else f"{stain}~colour"
+        folder = out / (name if args.final_mpp is None else f"{name}@{args.final_mpp:g}")
         normalised = folder.with_name(folder.name + "+macenko")
         (folder / "images").mkdir(parents=True, exist_ok=True)
         (folder / "masks").mkdir(parents=True, exist_ok=True)
@@ -83,8 +106,8 @@ def main() -> None:
             factor = it.mpp / args.mpp
             size = (round(rgb.shape[1] * factor), round(rgb.shape[0] * factor))
             image, mask = _resample(rgb, labels, size)
-            if predictor is not None:
-                image = _translate(image, predictor)
+            if restain is not None:
+                image = restain(image)
             if final != args.mpp:
                 image, mask = _resample(image, mask, (round(size[0] * args.mpp / final), round(size[1] * args.mpp / final)))
             Image.fromarray(image).save(folder / "images" / f"{it.name}.png")
@@ -103,7 +126,9 @@ def main() -> None:
         atomic_write_json(folder / "mpp.json", {"mpp": final, "stain": stain})
         (folder / "SOURCE.md").write_text(
             f"{stain} version of {args.labelled} at {final} um/px, written by scripts/virtual_stain_labelled.py"
-            + (f" with {GENERATORS[stain]}" if stain in GENERATORS else " (resampled only: the control)") + ".\n")
+            + (" (resampled only: the control)" if stain == "PAS" else f" via {args.via}: "
+               + (GENERATORS[stain] if args.via == "cyclegan" else f"the stain vectors of {COLOUR_REFERENCES[stain]}"))
+            + ".\n")
     print(json.dumps({"out": str(out), "stains": list(stains), "images": len(items)}))
 
 

@@ -18,6 +18,7 @@ from wsi_pipeline.export.tiff import write_pyramidal_tiff
 from wsi_pipeline.slide import open_slide
 from wsi_pipeline.tiling import TileConfig, read_store_info, tile_slide
 from wsi_pipeline.tiling.plan import area_resample, plan_tiling, reduce2
+from wsi_pipeline.tiling.ngff import ThresholdedPlane, label_levels, write_label
 from wsi_pipeline.tiling.shards import written_chunks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -381,3 +382,23 @@ def test_cli_bench_tiling(tmp_path: Path) -> None:
     scanner = res["resampled"][0]["tile"]  # 0.2528 um/px, 4x levels: level 1 reduced 2x
     assert (scanner["level"], scanner["scale"]) == (1, 2.0)
     assert "| 3000 |" in (out / "results.md").read_text()
+
+
+def test_label_pyramid_from_a_zarr_array_equals_the_in_memory_one(tmp_path: Path) -> None:
+    """labels/glomeruli is written a chunk row at a time from the probability array (never read whole): same pixels
+    on every level as thresholding the whole array in memory, odd shapes and partial chunks included."""
+    rng = np.random.default_rng(3)
+    prob = (rng.random((1, 301, 257)) * 255).astype(np.uint8)
+    seg = zarr.create_array(tmp_path / "seg.zarr", shape=prob.shape, chunks=(1, 64, 64), dtype="uint8",
+                            dimension_names=("c", "y", "x"))
+    seg[:] = prob
+    shapes, factors = [(301, 257), (151, 129), (76, 65), (38, 33)], [1, 2, 4, 8]
+    expected = [lv.read() for lv in label_levels(prob[0] >= 128, shapes, factors)]
+    assert expected[2].tolist() == (prob[0, ::4, ::4] >= 128).astype(np.uint8).tolist()
+    path = write_label(tmp_path / "store", "glomeruli", label_levels(ThresholdedPlane(seg, threshold=128), shapes,
+                                                                     factors),
+                       factors=factors, mpp=2.0, translation=(0.0, 0.0), chunk=50)
+    for k, want in enumerate(expected):
+        got = zarr.open_array(path / str(k), mode="r")
+        assert got.chunks == (1, min(50, want.shape[0]), min(50, want.shape[1]))
+        np.testing.assert_array_equal(np.asarray(got[0]), want)

@@ -30,7 +30,7 @@ from wsi_pipeline.infer.loaders import generator_predictor, segmenter_predictor
 from wsi_pipeline.overlay import render_overlay, save_png
 from wsi_pipeline.slide import Slide
 from wsi_pipeline.tiling import StoreGeometry, StoreInfo
-from wsi_pipeline.tiling.ngff import GLOMERULI_LABEL, label_levels, write_multiscales
+from wsi_pipeline.tiling.ngff import GLOMERULI_LABEL, ThresholdedPlane, label_levels, write_multiscales
 from wsi_pipeline.tiling.store import ngff_translation, write_ngff_label
 from wsi_pipeline.weights import WeightsRef
 
@@ -59,7 +59,7 @@ def segmentation_label(store: Path, info: StoreInfo, *, threshold: float) -> Pat
     """OME-NGFF label image ``labels/glomeruli`` of ``store/seg``: 1 where the probability reaches ``threshold``
     (the polygons' rule), on every level of the image pyramid."""
     seg = zarr.open_array(str(store / "seg"), mode="r")
-    level0 = np.asarray(seg[0]) >= threshold * 255.0
+    level0 = ThresholdedPlane(seg, threshold=threshold * 255.0)  # read a chunk row at a time, never whole
     levels = label_levels(level0, [lv.shape for lv in info.pyramid], [lv.factor for lv in info.pyramid])
     return write_ngff_label(store, info, GLOMERULI_LABEL, levels)
 

@@ -2,7 +2,12 @@
 
 Example::
 
-    >>> img = render_overlay(thumb, [(poly, "Glomerulus: Global sclerosis")], downsample=32.0)
+    >>> import numpy as np
+    >>> from shapely.geometry import box
+    >>> thumb = np.full((64, 96, 3), 255, np.uint8)  # a 3072 x 2048 px slide at downsample 32
+    >>> img = render_overlay(thumb, [(box(320, 320, 960, 960), "Glomerulus: Global sclerosis")], downsample=32.0)
+    >>> img.shape, img.dtype.name
+    ((64, 96, 3), 'uint8')
     >>> save_png(out_dir / "overlay.png", img)  # doctest: +SKIP
 """
 

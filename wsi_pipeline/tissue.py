@@ -3,9 +3,12 @@
 Works across stains because it thresholds *optical density* (how much light any dye absorbs), not a colour:
 PAS/H&E/Masson/silver are dense, pale IHC (hematoxylin + DAB) is faint but still well above clean glass.
 
-    >>> thumb = slide.thumbnail(2048)
-    >>> result = detect_tissue(thumb, downsample=slide.dimensions[0] / thumb.shape[1], mpp=0.25)
-    >>> result.is_empty, len(result.polygons_level0)
+    >>> import numpy as np
+    >>> thumb = np.full((200, 300, 3), 245, np.uint8)  # glass (e.g. slide.thumbnail(300) of a 19,200 px slide)
+    >>> thumb[50:150, 60:200] = (200, 120, 180)  # one piece of PAS-pink tissue
+    >>> result = detect_tissue(thumb, downsample=64.0, mpp=0.25)
+    >>> result.is_empty, len(result.polygons_level0), result.polygons_level0[0].bounds
+    (False, 1, (3776.0, 3136.0, 12864.0, 9664.0))
 """
 
 from __future__ import annotations

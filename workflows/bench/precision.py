@@ -91,8 +91,9 @@ def uint8_agreement(ref: np.ndarray, out: np.ndarray) -> dict[str, Any]:
             "within_2_levels": round(within, 6), "keeps_outputs": within >= 0.999}
 
 
-def g2c_network(rounds: int) -> dict[str, Any]:
-    """G2C (generators + classifier) on the real crops: seconds per crop and decisions changed against fp32."""
+def g2c_network(rounds: int, *, n_crops: int | None = None) -> dict[str, Any]:
+    """G2C (generators + classifier) on the real crops (``n_crops`` evenly spaced ones, default all): seconds per
+    crop and decisions changed against fp32."""
     import torch
 
     from workflows.job_config import JobConfig
@@ -104,6 +105,8 @@ def g2c_network(rounds: int) -> dict[str, Any]:
     model = cls.load()
     crops = read_real_crops(RealCropsConfig(root=str(DATA / "aidpath-crops"), size=cls.spec.size,
                                             margin=cls.spec.margin)).images
+    if n_crops is not None and n_crops < len(crops):
+        crops = crops[np.linspace(0, len(crops) - 1, n_crops).round().astype(int)]
     modules = [*model.generators.values(), model.classifier]
     slots: dict[str, dict[str, Any]] = {v: {} for v in VARIANTS}
 
@@ -130,7 +133,7 @@ def g2c_network(rounds: int) -> dict[str, Any]:
 
 
 def measure(*, rounds: int, batch: int, windows_n: int, generators: tuple[str, ...],
-            networks: tuple[str, ...] = ("segmenter", "generators", "g2c")) -> dict[str, Any]:
+            networks: tuple[str, ...] = ("segmenter", "generators", "g2c"), n_crops: int | None = None) -> dict[str, Any]:
     import torch
 
     from wsi_pipeline.infer import TorchPredictor
@@ -163,7 +166,7 @@ def measure(*, rounds: int, batch: int, windows_n: int, generators: tuple[str, .
         results["networks"][name] = tiled_network(make, windows, batch=batch, rounds=rounds, agree=uint8_agreement)
         print(name, results["networks"][name], flush=True)
     if "g2c" in networks:
-        results["networks"]["g2c"] = g2c_network(rounds)
+        results["networks"]["g2c"] = g2c_network(rounds, n_crops=n_crops)
     results["host"]["load_avg_1m_end"] = os.getloadavg()[0]
     return results
 
@@ -195,6 +198,8 @@ def to_markdown(r: dict[str, Any]) -> str:
 @click.option("--all-generators", is_flag=True, help="Also the real-stain generators.")
 @click.option("--networks", default="segmenter,generators,g2c", show_default=True,
               help="Comma-separated subset of the networks to measure.")
+@click.option("--crops", type=click.IntRange(min=1), default=None,
+              help="G2C: this many evenly spaced real crops [default: all 484].")
 @click.option("--variants", default=",".join(VARIANTS), show_default=True,
               help="Comma-separated subset of the precision / memory-layout variants.")
 def command(**kw: Any) -> None:
@@ -216,7 +221,7 @@ def _run(args: Any) -> None:
             del VARIANTS[v]
     gens = GENERATORS + (MORE_GENERATORS if args.all_generators else ())
     results = measure(rounds=args.rounds, batch=args.batch, windows_n=args.windows, generators=gens,
-                      networks=tuple(args.networks.split(",")))
+                      networks=tuple(args.networks.split(",")), n_crops=args.crops)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     (args.out / "results.md").write_text(to_markdown(results))

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,9 @@ import zarr
 from numpy.typing import NDArray
 from zarr.codecs import BloscCodec
 
-__all__ = ["GLOMERULI_LABEL", "LABELS", "LABEL_COLOURS", "TISSUE_LABEL", "label_levels", "mask_levels", "ngff_image",
-           "ngff_transforms", "store_translation", "write_label", "write_multiscales"]
+__all__ = ["GLOMERULI_LABEL", "LABELS", "LABEL_COLOURS", "TISSUE_LABEL", "LabelLevel", "ThresholdedPlane",
+           "label_levels", "mask_levels", "ngff_image", "ngff_transforms", "store_translation", "write_label",
+           "write_multiscales"]
 
 LABELS = "labels"
 TISSUE_LABEL = "tissue"
@@ -90,40 +92,79 @@ def write_multiscales(group: zarr.Group, *, name: str, factors: Sequence[float],
     group.attrs["ome"] = ngff_image(name=name, factors=factors, mpp=mpp, translation=translation, channels=channels)
 
 
-def label_levels(level0: NDArray[Any], shapes: Sequence[tuple[int, int]],
-                 factors: Sequence[int]) -> Iterator[NDArray[np.uint8]]:
-    """A label pyramid with the image's level shapes: level ``k`` takes every ``factors[k]``-th pixel of
-    ``level0`` (nonzero -> 1; labels are never averaged), cut or padded with 0 to ``shapes[k]``.
+@dataclass(frozen=True)
+class LabelLevel:
+    """One level of a label pyramid, made a band of rows at a time: ``rows(r0, r1)`` is rows ``r0:r1`` of the
+    ``shape`` (y, x) uint8 level, so a level is never held whole (level 0 of a large slide is hundreds of MPix)."""
 
-    >>> [a.shape for a in label_levels(np.ones((5, 7), bool), [(5, 7), (3, 4)], [1, 2])]
+    shape: tuple[int, int]
+    rows: Callable[[int, int], NDArray[np.uint8]]
+
+    def read(self) -> NDArray[np.uint8]:
+        """The whole level (small levels, tests)."""
+        return self.rows(0, self.shape[0])
+
+
+def _fit(sub: NDArray[Any], n_rows: int, width: int) -> NDArray[np.uint8]:
+    """``sub`` (nonzero -> 1) cut or padded with 0 to ``(n_rows, width)``."""
+    out = np.zeros((n_rows, width), np.uint8)
+    sub = sub[:n_rows, :width]
+    out[:sub.shape[0], :sub.shape[1]] = sub != 0
+    return out
+
+
+def label_levels(level0: NDArray[Any], shapes: Sequence[tuple[int, int]],
+                 factors: Sequence[int]) -> list[LabelLevel]:
+    """A label pyramid with the image's level shapes: level ``k`` takes every ``factors[k]``-th pixel of
+    ``level0`` (nonzero -> 1; labels are never averaged), cut or padded with 0 to ``shapes[k]``. ``level0`` is any
+    array that slices with steps (a NumPy array, or a 2-D view of a zarr array: then only a band is ever read).
+
+    >>> [a.read().shape for a in label_levels(np.ones((5, 7), bool), [(5, 7), (3, 4)], [1, 2])]
     [(5, 7), (3, 4)]
     """
-    for (h, w), f in zip(shapes, factors):
-        sub = (np.asarray(level0)[::f, ::f] != 0)[:h, :w]
-        lv = np.zeros((h, w), np.uint8)
-        lv[:sub.shape[0], :sub.shape[1]] = sub
-        yield lv
+    def level(shape: tuple[int, int], f: int) -> LabelLevel:
+        return LabelLevel(shape, lambda r0, r1: _fit(np.asarray(level0[r0 * f:r1 * f:f, ::f]), r1 - r0, shape[1]))
+
+    return [level(tuple(shape), int(f)) for shape, f in zip(shapes, factors)]  # type: ignore[arg-type]
+
+
+class ThresholdedPlane:
+    """The 2-D boolean view ``array[channel] >= threshold`` of a (c, y, x) zarr array, read only where sliced."""
+
+    def __init__(self, array: zarr.Array, *, threshold: float, channel: int = 0) -> None:
+        self.array, self.threshold, self.channel = array, threshold, channel
+
+    def __getitem__(self, key: tuple[slice, slice]) -> NDArray[np.bool_]:
+        return np.asarray(self.array[(self.channel, *key)]) >= self.threshold
 
 
 def mask_levels(mask: NDArray[np.bool_], *, step: float, shapes: Sequence[tuple[int, int]],
-                factors: Sequence[int]) -> Iterator[NDArray[np.uint8]]:
+                factors: Sequence[int]) -> list[LabelLevel]:
     """A coarse mask (``step`` level-"0" pixels per mask pixel) sampled onto each image level (nearest).
 
-    >>> [a.tolist() for a in mask_levels(np.array([[1, 0]], bool), step=2.0, shapes=[(1, 4), (1, 2)], factors=[1, 2])]
+    >>> [a.read().tolist() for a in mask_levels(np.array([[1, 0]], bool), step=2.0, shapes=[(1, 4), (1, 2)],
+    ...                                         factors=[1, 2])]
     [[[1, 1, 0, 0]], [[1, 0]]]
     """
     mh, mw = mask.shape
-    for (h, w), f in zip(shapes, factors):
-        rows = np.minimum(((np.arange(h) * f + 0.5) / step).astype(np.intp), mh - 1)
-        cols = np.minimum(((np.arange(w) * f + 0.5) / step).astype(np.intp), mw - 1)
-        yield mask[np.ix_(rows, cols)].astype(np.uint8)
+
+    def level(shape: tuple[int, int], f: int) -> LabelLevel:
+        cols = np.minimum(((np.arange(shape[1]) * f + 0.5) / step).astype(np.intp), mw - 1)
+
+        def rows(r0: int, r1: int) -> NDArray[np.uint8]:
+            ys = np.minimum(((np.arange(r0, r1) * f + 0.5) / step).astype(np.intp), mh - 1)
+            return mask[np.ix_(ys, cols)].astype(np.uint8)
+
+        return LabelLevel(shape, rows)
+
+    return [level(tuple(shape), int(f)) for shape, f in zip(shapes, factors)]  # type: ignore[arg-type]
 
 
-def write_label(store: str | os.PathLike[str], name: str, levels: Iterable[NDArray[np.uint8]], *,
+def write_label(store: str | os.PathLike[str], name: str, levels: Iterable[LabelLevel | NDArray[np.uint8]], *,
                 factors: Sequence[float], mpp: float | None, translation: tuple[float, float], chunk: int,
                 properties: Mapping[int, Mapping[str, Any]] | None = None) -> Path:
-    """Write label image ``store/labels/<name>`` (``levels``: (y, x) integer arrays matching the image's levels,
-    one at a time; ``properties``: label value -> its properties, default ``{1: {"name": name}}``) and list it in
+    """Write label image ``store/labels/<name>`` (``levels``: one per image level, (y, x) integer arrays or
+    :class:`LabelLevel` written a chunk row at a time; ``properties``: label value -> its properties, default ``{1: {"name": name}}``) and list it in
     ``labels/``'s ``ome.labels``. Built under a hidden name, then renamed: never
     seen half-written."""
     root = Path(store)
@@ -133,11 +174,20 @@ def write_label(store: str | os.PathLike[str], name: str, levels: Iterable[NDArr
     shutil.rmtree(tmp, ignore_errors=True)
     group = zarr.open_group(tmp, mode="w", zarr_format=3)
     for i, lv in enumerate(levels):
-        arr = group.create_array(str(i), shape=(1, *lv.shape), chunks=(1, min(chunk, lv.shape[0]) or 1,
-                                                                        min(chunk, lv.shape[1]) or 1),
-                                 dtype=lv.dtype, fill_value=0, compressors=_LABEL_CODECS,
-                                 dimension_names=("c", "y", "x"))
-        arr[0] = lv
+        if not isinstance(lv, LabelLevel):
+            arr = group.create_array(str(i), shape=(1, *lv.shape), chunks=(1, min(chunk, lv.shape[0]) or 1,
+                                                                            min(chunk, lv.shape[1]) or 1),
+                                     dtype=lv.dtype, fill_value=0, compressors=_LABEL_CODECS,
+                                     dimension_names=("c", "y", "x"))
+            arr[0] = lv
+            continue
+        (h, w), band = lv.shape, min(chunk, lv.shape[0]) or 1
+        arr = group.create_array(str(i), shape=(1, h, w), chunks=(1, band, min(chunk, w) or 1), dtype=np.uint8,
+                                 fill_value=0, compressors=_LABEL_CODECS, dimension_names=("c", "y", "x"))
+        for r0 in range(0, h, band):
+            rows = lv.rows(r0, min(r0 + band, h))
+            if rows.any():  # an all-zero chunk row stays unwritten (fill value 0)
+                arr[0, r0:r0 + rows.shape[0]] = rows
     colour = LABEL_COLOURS.get(name, [255, 0, 255, 160])
     group.attrs["ome"] = {
         "version": NGFF_VERSION,

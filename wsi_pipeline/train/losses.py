@@ -76,7 +76,7 @@ def grouped_focal_loss(logits: torch.Tensor, groups: torch.Tensor, target: torch
     >>> g = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
     >>> x = torch.tensor([[2.0, 0.5, -1.0]])
     >>> round(float(grouped_focal_loss(x, g, torch.tensor([0]), gamma=0.0)), 4)  # -log(p_noa + p_ss)
-    0.0403
+    0.0399
     """
     if groups.ndim != 2 or groups.shape[1] != logits.shape[1]:
         raise ValueError(f"groups {tuple(groups.shape)}: expected (G, {logits.shape[1]})")
