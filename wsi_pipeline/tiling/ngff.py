@@ -113,7 +113,17 @@ def _fit(sub: NDArray[Any], n_rows: int, width: int) -> NDArray[np.uint8]:
     return out
 
 
-def label_levels(level0: NDArray[Any], shapes: Sequence[tuple[int, int]],
+class ThresholdedPlane:
+    """The 2-D boolean view ``array[channel] >= threshold`` of a (c, y, x) zarr array, read only where sliced."""
+
+    def __init__(self, array: zarr.Array, *, threshold: float, channel: int = 0) -> None:
+        self.array, self.threshold, self.channel = array, threshold, channel
+
+    def __getitem__(self, key: tuple[slice, slice]) -> NDArray[np.bool_]:
+        return np.asarray(self.array[(self.channel, *key)]) >= self.threshold
+
+
+def label_levels(level0: NDArray[Any] | ThresholdedPlane, shapes: Sequence[tuple[int, int]],
                  factors: Sequence[int]) -> list[LabelLevel]:
     """A label pyramid with the image's level shapes: level ``k`` takes every ``factors[k]``-th pixel of
     ``level0`` (nonzero -> 1; labels are never averaged), cut or padded with 0 to ``shapes[k]``. ``level0`` is any
@@ -126,16 +136,6 @@ def label_levels(level0: NDArray[Any], shapes: Sequence[tuple[int, int]],
         return LabelLevel(shape, lambda r0, r1: _fit(np.asarray(level0[r0 * f:r1 * f:f, ::f]), r1 - r0, shape[1]))
 
     return [level(tuple(shape), int(f)) for shape, f in zip(shapes, factors)]  # type: ignore[arg-type]
-
-
-class ThresholdedPlane:
-    """The 2-D boolean view ``array[channel] >= threshold`` of a (c, y, x) zarr array, read only where sliced."""
-
-    def __init__(self, array: zarr.Array, *, threshold: float, channel: int = 0) -> None:
-        self.array, self.threshold, self.channel = array, threshold, channel
-
-    def __getitem__(self, key: tuple[slice, slice]) -> NDArray[np.bool_]:
-        return np.asarray(self.array[(self.channel, *key)]) >= self.threshold
 
 
 def mask_levels(mask: NDArray[np.bool_], *, step: float, shapes: Sequence[tuple[int, int]],

@@ -28,7 +28,7 @@ from ..config import digest_of
 from ..errors import StoreError
 from ..tissue import TissueResult
 from .plan import TilePlan
-from .ngff import TISSUE_LABEL, mask_levels, ngff_image, store_translation, write_label
+from .ngff import TISSUE_LABEL, LabelLevel, mask_levels, ngff_image, store_translation, write_label
 from .shards import DONE_ARRAY, MASK_ARRAY, JpegChunks, StoreLevel, create_done_array, create_image_array, \
     written_chunks
 
@@ -215,7 +215,7 @@ def ngff_translation(info: StoreInfo) -> tuple[float, float]:
 
 
 def write_ngff_label(store: str | os.PathLike[str], info: StoreInfo, name: str,
-                     levels: Iterable[NDArray[np.uint8]]) -> Path:
+                     levels: Iterable[LabelLevel | NDArray[np.uint8]]) -> Path:
     """Label image ``store/labels/<name>`` on the store's pyramid (``levels``: one (y, x) array per image level)."""
     return write_label(store, name, levels, factors=[lv.factor for lv in info.pyramid], mpp=info.geometry.mpp,
                        translation=ngff_translation(info), chunk=info.geometry.tile)
