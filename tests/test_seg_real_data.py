@@ -27,7 +27,8 @@ from wsi_pipeline.train.data_seg_real import (
     read_crops,
     resample_scene,
 )
-from wsi_pipeline.train.segmentation import SegmenterTrainConfig, train_segmenter
+from wsi_pipeline.models.registry import load_model
+from wsi_pipeline.train.segmentation import DAConfig, SegmenterTrainConfig, train_segmenter
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "data" / "real-glomeruli"
@@ -175,4 +176,22 @@ def test_segmenter_trains_on_real_tiles(tmp_path: Path) -> None:
     history = json.loads((tmp_path / "run" / "metrics.json").read_text())
     entries = history if isinstance(history, list) else history["history"]
     assert all("val_dice" in e for e in entries)  # validated on the held-out fold's tiles
+
+    # multi-level adversarial DA from that model to real unlabelled stains: G starts from the first run's export,
+    # the discriminators learn first, then G is adapted; the exported G is an adapted one
+    targets = [str(STAINS / f"orig_patch_stain_{k}.png") for k in ("01", "03", "16")]
+    start, _ = load_model(result["weights"])
+    da = cfg.model_copy(update={"init": result["weights"], "da": DAConfig(
+        mode="unsupervised", target_images=tuple(targets), target_mpp=0.5, s0=0, d0=1, disc_width=0.125)})
+    adapted = train_segmenter(da, run_dir=tmp_path / "da", progress=False)
+    history = json.loads((tmp_path / "da" / "metrics.json").read_text())
+    assert [("phase_discriminators" in e, "phase_adversarial" in e) for e in history] == [(True, False),
+                                                                                          (False, True)]
+    assert history[0]["loss_De"] > 0 and "loss_seg" not in history[0] and history[1]["loss_seg"] > 0
+    g0, _ = load_model(adapted["weights"])
+    a, b = start.state_dict(), g0.state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # G moved in the adversarial epoch only
     shutil.rmtree(tmp_path / "run")
+    with pytest.raises(ValueError, match="target_images: not found: nope.png"):
+        SegmenterTrainConfig.model_validate({**cfg.model_dump(), "da": {"mode": "unsupervised",
+                                                                         "target_images": ["nope.png"]}})

@@ -117,6 +117,17 @@ def labelled_scene(item: LabelledImage, *, mpp: float, index: int = 0) -> Scene:
     return Scene(img, lab, (item.stain or "PAS").upper(), index)
 
 
+def unlabelled_scenes(paths: Sequence[str | Path], *, mpp: float, image_mpp: float, first: int = 0,
+                      stain: str = "UNLABELLED") -> list[Scene]:
+    """Images without labels (glomerulus-free negatives, or a DA target domain) as empty-mask scenes at ``mpp``."""
+    scenes = []
+    for j, path in enumerate(paths):
+        img = read_rgb(Path(path))
+        img, _ = resample_scene(img, np.zeros(img.shape[:2], np.uint16), mpp / image_mpp)
+        scenes.append(Scene(img, np.zeros(img.shape[:2], np.uint16), stain, first + j))
+    return scenes
+
+
 @dataclass(frozen=True)
 class RealData:
     """Training and validation scenes plus the crops to paste, for one fold (or all data when ``fold`` is None)."""
@@ -141,10 +152,8 @@ def load_real_data(config: RealSegDataConfig, *, mpp: float) -> RealData:
             val_names.append(it.name)
         else:
             train.append(scene)
-    for j, path in enumerate(config.negatives):
-        img = read_rgb(Path(path))
-        img, _ = resample_scene(img, np.zeros(img.shape[:2], np.uint16), mpp / config.negatives_mpp)
-        train.append(Scene(img, np.zeros(img.shape[:2], np.uint16), "PAS", 10_000 + j))
+    train.extend(unlabelled_scenes(config.negatives, mpp=mpp, image_mpp=config.negatives_mpp, first=10_000,
+                                   stain="PAS"))
     crops: list[GlomerulusCrop] = []
     if config.crops is not None:
         crops = read_crops(config.crops)
@@ -302,5 +311,5 @@ def _window(a: np.ndarray, y0: int, x0: int, size: int, fill: int) -> np.ndarray
     return out
 
 
-__all__ = ["GlomerulusCrop", "MixedPatchDataset", "RealData", "RealPatchDataset", "RealSegDataConfig", "crop_folds", "labelled_scene",
-           "load_real_data", "paste", "read_crops", "resample_scene"]
+__all__ = ["GlomerulusCrop", "MixedPatchDataset", "RealData", "RealPatchDataset", "RealSegDataConfig", "crop_folds",
+           "labelled_scene", "load_real_data", "paste", "read_crops", "resample_scene", "unlabelled_scenes"]

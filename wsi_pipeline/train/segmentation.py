@@ -34,14 +34,14 @@ from ..config import FrozenConfig
 from ..infer.blend import predict_tiled
 from ..infer.predictor import TorchPredictor
 from ..models.discriminators import MultiLevelDiscriminatorConfig, ShapeDiscriminatorConfig
-from ..models.registry import save_model
+from ..models.registry import load_model, save_model
 from ..models.unet import UNetConfig, UNetResNet34
 from ..synth import parse_stains
 from ..synth.layout import Layout
 from ..synth.truth import label_region
 from .augment import SelfAdversarialAugment, SelfAdversarialConfig, StainTransferAugment, StainTransferConfig
 from .common import RunState, autocast, infinite, pick_device, seed_everything
-from .data_seg_real import MixedPatchDataset, RealPatchDataset, RealSegDataConfig, load_real_data
+from .data_seg_real import MixedPatchDataset, RealPatchDataset, RealSegDataConfig, load_real_data, unlabelled_scenes
 from .data_seg import Scene, SegDataConfig, SegPatchDataset, load_scenes
 from .losses import bce_adversarial_loss, dice_loss
 from .metrics import DetectionScores, PixelCounts, detection_scores, pixel_counts, polygon_detection_scores
@@ -56,6 +56,9 @@ class DAConfig(FrozenConfig):
     mode: Literal["none", "unsupervised", "supervised"] = "none"
     target_stains: tuple[str, ...] = ("MASSON",)
     target_seeds: tuple[int, ...] = ()  # layouts of the target domain (unsupervised: keep them apart from source)
+    # or real unlabelled target images (e.g. the kidney-stains patches of other stains), at ``target_mpp``
+    target_images: tuple[str, ...] = ()
+    target_mpp: float = Field(0.5, gt=0)
     s0: int = Field(50, ge=0, description="epochs of G alone")
     d0: int = Field(10, ge=0, description="epochs of the discriminators alone")
     a_e: float = Field(0.01, ge=0)
@@ -107,15 +110,25 @@ class SegmenterTrainConfig(FrozenConfig):
     da: DAConfig = DAConfig()
     # real labelled data (tiles, crops pasted into tissue): replaces the phantom scenes as training / validation data
     real: RealSegDataConfig | None = None
+    # segmenter weights (a run's export) to start G from: e.g. DA after a plain run of the same recipe; a resumed
+    # run keeps its checkpoint instead
+    init: str | None = None
 
     @model_validator(mode="after")
     def _check(self) -> SegmenterTrainConfig:
         for name in ("stains", "val_stains"):
             parse_stains(getattr(self, name))
         if self.da.mode != "none":
-            parse_stains(self.da.target_stains)
-            if not self.da.target_seeds:
-                raise ValueError("da.target_seeds: the target domain needs layouts")
+            if self.da.mode == "supervised" and self.da.target_images:
+                raise ValueError("da.target_images are unlabelled: supervised DA needs labelled target layouts")
+            if self.da.target_images:
+                missing = [p for p in self.da.target_images if not Path(p).is_file()]
+                if missing:
+                    raise ValueError(f"da.target_images: not found: {', '.join(missing)}")
+            else:
+                parse_stains(self.da.target_stains)
+                if not self.da.target_seeds:
+                    raise ValueError("da.target_seeds or da.target_images: the target domain needs images")
         if self.real is None and (not self.train_seeds or not self.val_seeds):
             raise ValueError("train_seeds and val_seeds must not be empty")
         if set(self.train_seeds) & set(self.val_seeds):
@@ -359,10 +372,15 @@ def train_segmenter(config: SegmenterTrainConfig, *, run_dir: str | Path, progre
         src = SegPatchDataset(src_scenes, config=data, length=n_items, seed=config.seed)
     tgt: SegPatchDataset | None = None
     if config.da.mode != "none":
-        tgt_scenes = load_scenes(config.da.target_seeds, config.da.target_stains, **load)  # type: ignore[arg-type]
+        tgt_scenes = (unlabelled_scenes(config.da.target_images, mpp=data.mpp, image_mpp=config.da.target_mpp)
+                      if config.da.target_images else
+                      load_scenes(config.da.target_seeds, config.da.target_stains, **load))  # type: ignore[arg-type]
         tgt = SegPatchDataset(tgt_scenes, config=data, length=n_items, seed=config.seed + 1)
 
     nets = _Nets(config, device)
+    if config.init is not None:
+        init, _ = load_model(config.init)
+        nets.g.load_state_dict(init.state_dict())
     augments: list[SelfAdversarialAugment | StainTransferAugment] = []
     if config.augment is not None:
         augments.append(SelfAdversarialAugment.from_config(config.augment, device=device))
