@@ -24,6 +24,7 @@ from workflows.cli import cli as group
 from workflows.cmd_bench import BENCHMARKS
 from workflows.lock import LOCK_NAME, OutputLockedError, output_lock
 from wsi_pipeline.atomic import remove_stale_temps
+from wsi_pipeline.export import write_pyramidal_tiff
 from wsi_pipeline.errors import SlideError
 from wsi_pipeline.slide import check_scale, check_upsample, open_slide
 from wsi_pipeline.tiling import TileConfig, tile_slide
@@ -72,6 +73,28 @@ def test_scanner_metadata_passes_and_implausible_values_fail(fixtures_dir: Path,
     with pytest.raises(SlideError, match="upsample its 4 um/px 2x"):
         check_upsample(4.0, 2.0, max_upsample=1.5, path="x.svs")
     check_upsample(4.0, 2.0, max_upsample=2.0, path="x.svs")
+
+
+@pytest.mark.parametrize("backend", ["openslide", "tifffile"])
+def test_overview_svs_at_3_um_px_passes_and_runs(tmp_path: Path, backend: str) -> None:
+    """An Aperio SVS scanned at ~3 um/px (an overview section) whose TIFF resolution tag agrees with its MPP is the
+    scanner's calibration, not a dpi-style tag: it must pass the scale check (only a generic TIFF whose sole MPP
+    is such a tag is refused)."""
+    image = np.full((512, 512, 3), 236, np.uint8)
+    image[100:400, 80:450] = (200, 120, 180)
+    svs = tmp_path / "overview.svs"
+    write_pyramidal_tiff(svs, lambda x, y, w, h: image[y:y + h, x:x + w], size=(512, 512), mpp=3.0, flavor="svs")
+    with open_slide(svs, backend=backend) as slide:
+        assert slide.mpp == pytest.approx((3.0, 3.0)) and slide.mpp_tag_dpi is None
+        check_scale(slide)
+    generic = tmp_path / "overview.tif"
+    tifffile.imwrite(generic, image, tile=(64, 64), photometric="rgb", resolution=(10000 / 3, 10000 / 3),
+                     resolutionunit="CENTIMETER")
+    with open_slide(generic, backend=backend) as slide, pytest.raises(SlideError, match="8467-dpi"):
+        check_scale(slide)
+    if backend == "openslide":  # and the job tiles it (upsampled 1.5x to the segmenter's 2 um/px)
+        res = tile_slide(svs, tmp_path / "o.zarr", config=TileConfig(mpp=2.0, tile=128), progress=False)
+        assert res.mpp == pytest.approx(2.0) and res.chunks_tissue > 0
 
 
 def test_tiling_never_upsamples_past_max_upsample(tmp_path: Path) -> None:
@@ -190,6 +213,19 @@ def test_lock_refuses_a_second_holder_and_survives_a_dead_one(tmp_path: Path) ->
     assert not (tmp_path / "out" / LOCK_NAME).exists()
 
 
+def test_tile_refuses_a_store_another_job_is_writing(tmp_path: Path) -> None:
+    slide = disc_slide(tmp_path / "d.svs", size=768)
+    store = tmp_path / "out" / "small.zarr"
+    with output_lock(store.parent, store=store.name):
+        busy = cli("tile", str(slide), "--out", str(store))
+        other = cli("tile", str(slide), "--out", str(store.with_name("other.zarr")))
+    assert busy.returncode == 2 and f"{store}: another wsi-pipeline job is writing this store" in busy.stderr
+    assert f"pid {os.getpid()}" in busy.stderr and not store.exists() and "Traceback" not in busy.stderr
+    assert other.returncode == 0, other.stderr  # another store in the same folder is not blocked
+    assert cli("tile", str(slide), "--out", str(store)).returncode == 0
+    assert sorted(p.name for p in store.parent.iterdir()) == ["other.zarr", "small.zarr"]  # no lock left behind
+
+
 def test_remove_stale_temps_takes_only_temps(tmp_path: Path) -> None:
     for name in (".glomeruli.geojson.abc123.tmp", "slide.zarr/seg/c/0/0.1f2e.partial", "keep.tmp", "keep.json"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
@@ -199,44 +235,61 @@ def test_remove_stale_temps_takes_only_temps(tmp_path: Path) -> None:
     assert (tmp_path / "keep.tmp").exists() and (tmp_path / "keep.json").exists()
 
 
-def test_sigint_stops_the_batch_cleanly_and_a_second_run_is_refused(tmp_path: Path) -> None:
+def start_batch(tmp_path: Path, names: tuple[str, ...]) -> tuple[subprocess.Popen[str], Path, Path, Path]:
+    """``wsi-pipeline run`` on disc slides ``names`` in its own process group (like a shell job: Ctrl-C in a terminal
+    signals the whole group), returned once the first slide's tiling has started: (process, slides, out, config)."""
     slides = tmp_path / "in"
     slides.mkdir()
-    for name in ("a", "b", "c", "d"):
+    for name in names:
         disc_slide(slides / f"{name}.svs")
-    models = save_models(tmp_path / "models")
-    cfg = job_config_file(tmp_path / "models", models)
+    cfg = job_config_file(tmp_path / "models", save_models(tmp_path / "models"))
     out = tmp_path / "out"
     args = [sys.executable, "-m", "workflows.cli", "run", str(slides), "--out", str(out), "--config", str(cfg),
             "--task", "segment", "--workers", "1", "--threads-per-worker", "1", "--no-dashboard"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    # its own process group, like a shell job: Ctrl-C in a terminal sends SIGINT to the whole group
-    first = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             start_new_session=True)
-    assert first.stderr is not None
+    proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    assert proc.stderr is not None
     seen = []
-    for line in first.stderr:  # the client's live stage lines (no terminal: one line per stage)
+    for line in proc.stderr:  # the client's live stage lines (no terminal: one line per stage)
         seen.append(line)
-        if "a.svs: tile started" in line:
+        if f"{names[0]}.svs: tile started" in line:
             break
     assert (out / LOCK_NAME).exists(), seen
-    second = cli("run", str(slides), "--out", str(out), "--config", str(cfg), "--workers", "1")
-    assert second.returncode == 2 and "another wsi-pipeline job is writing this folder" in second.stderr
-    assert f"pid {first.pid}" in second.stderr and "Traceback" not in second.stderr
+    return proc, slides, out, cfg
 
-    os.killpg(first.pid, signal.SIGINT)
-    rest, stdout = first.stderr.read(), first.stdout.read() if first.stdout else ""
-    assert first.wait(timeout=120) == 130, (rest, stdout)
+
+def assert_interrupted(proc: subprocess.Popen[str], out: Path) -> dict[str, str]:
+    """The run ended as interrupted, cleanly: exit 130, one last line, the report says so, the lock is gone."""
+    assert proc.stderr is not None
+    rest, stdout = proc.stderr.read(), proc.stdout.read() if proc.stdout else ""
+    assert proc.wait(timeout=120) == 130, (rest, stdout)
     for noise in ("Traceback", "KeyboardInterrupt", "still alive", "leaked", "WARNING", "CancelledError"):
         assert noise not in rest, rest
     lines = [line for line in rest.splitlines() if line.strip()]
     assert lines[-1].startswith("interrupted: ") and "re-run the same command to resume" in lines[-1], rest
     report = json.loads((out / "report.json").read_text())
-    status = {Path(e["input"]).name: e["status"] for e in report["slides"]}
-    assert set(status) == {"a.svs", "b.svs", "c.svs", "d.svs"} and status["d.svs"] == "interrupted", status
     assert report["totals"]["interrupted"] >= 1  # the slides still under way or waiting
     assert "interrupted" in (out / "report.md").read_text()
     assert not (out / LOCK_NAME).exists()
+    return {Path(e["input"]).name: e["status"] for e in report["slides"]}
+
+
+def test_sigterm_stops_a_run_like_ctrl_c(tmp_path: Path) -> None:
+    proc, _, out, _ = start_batch(tmp_path, ("a", "b"))
+    os.killpg(proc.pid, signal.SIGTERM)  # what a scheduler (SLURM, systemd, docker stop) sends
+    status = assert_interrupted(proc, out)
+    assert set(status) == {"a.svs", "b.svs"} and status["b.svs"] == "interrupted", status
+
+
+def test_sigint_stops_the_batch_cleanly_and_a_second_run_is_refused(tmp_path: Path) -> None:
+    first, slides, out, cfg = start_batch(tmp_path, ("a", "b", "c", "d"))
+    second = cli("run", str(slides), "--out", str(out), "--config", str(cfg), "--workers", "1")
+    assert second.returncode == 2 and "another wsi-pipeline job is writing this folder" in second.stderr
+    assert f"pid {first.pid}" in second.stderr and "Traceback" not in second.stderr
+
+    os.killpg(first.pid, signal.SIGINT)
+    status = assert_interrupted(first, out)
+    assert set(status) == {"a.svs", "b.svs", "c.svs", "d.svs"} and status["d.svs"] == "interrupted", status
 
     resumed = cli("run", str(slides), "--out", str(out), "--config", str(cfg), "--task", "segment", "--workers", "1",
                   "--threads-per-worker", "1", "--no-dashboard")

@@ -142,17 +142,19 @@ def open_cluster(options: ClusterOptions, *, n_slides: int) -> Iterator[Cluster]
 
 @contextlib.contextmanager
 def workers_ignore_sigint() -> Iterator[None]:
-    """Worker processes started inside this block ignore SIGINT (an ignored signal stays ignored across exec, and
-    Python then installs no KeyboardInterrupt handler): Ctrl-C in a terminal reaches the whole process group, and
-    the client, not each worker, stops the batch and closes the cluster quietly."""
+    """Worker processes started inside this block ignore SIGINT and SIGTERM (an ignored signal stays ignored across
+    exec, and Python then installs no KeyboardInterrupt handler): Ctrl-C in a terminal, or a batch system's SIGTERM,
+    reaches the whole process group, and the client, not each worker, stops the batch and closes the cluster
+    quietly (the nannies stop their workers by message, not by signal)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def _dashboard(client: Any) -> str | None:

@@ -45,6 +45,8 @@ def command(slide: Path, out: Path, mpp: float | None, tile: int | None, threads
     from wsi_pipeline.slide import check_scale, open_slide
     from wsi_pipeline.tiling import TileConfig, tile_slide
 
+    from .lock import output_lock
+
     workers = legacy_workers(threads, legacy_workers_, default=None)
     writable_folder(out.parent, "--out")
     config_path = config_path or default_tile_config()
@@ -52,7 +54,7 @@ def command(slide: Path, out: Path, mpp: float | None, tile: int | None, threads
     updates = {k: v for k, v in (("mpp", mpp), ("tile", tile)) if v is not None}
     if updates:
         cfg = TileConfig.from_dict({**cfg.to_dict(), **updates}, source="command line")
-    with open_slide(slide, mpp_override=mpp_override) as opened:
+    with output_lock(out.parent, store=out.name), open_slide(slide, mpp_override=mpp_override) as opened:
         if opened.mpp is None and cfg.mpp is not None:
             raise SlideError(slide, "no microns-per-pixel in the file; pass --mpp-override UM")
         check_scale(opened)  # before any client or thread pool starts

@@ -1,4 +1,5 @@
-"""One run per output folder: an exclusive lock on ``OUT_DIR/.wsi-pipeline.lock``.
+"""One run per output folder: an exclusive lock on ``OUT_DIR/.wsi-pipeline.lock`` (``tile``: one per store,
+``.<store name>.lock`` beside it, so stores in one folder can still be tiled side by side).
 
 An OS file lock (``flock``) is released by the kernel when its process dies, however it dies, so a lock left by a
 killed run never blocks the next one; the file itself only says who holds it (pid, host, command, start time).
@@ -29,12 +30,14 @@ class OutputLockedError(WsiPipelineError, RuntimeError):
 
 
 @contextlib.contextmanager
-def output_lock(out_dir: str | os.PathLike[str]) -> Iterator[Path]:
-    """Hold the output folder's lock for the block; ``OutputLockedError`` naming the holder when another live
-    process holds it. The folder is created if needed."""
+def output_lock(out_dir: str | os.PathLike[str], *, store: str | None = None) -> Iterator[Path]:
+    """Hold the output folder's lock (or, with ``store``, the lock of that store in the folder) for the block;
+    ``OutputLockedError`` naming the holder when another live process holds it. The folder is created if needed."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / LOCK_NAME
+    path = out / (LOCK_NAME if store is None else f".{store}.lock")
+    what = f"{out}: another wsi-pipeline job is writing this folder" if store is None else \
+        f"{out / store}: another wsi-pipeline job is writing this store"
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
@@ -42,8 +45,8 @@ def output_lock(out_dir: str | os.PathLike[str]) -> Iterator[Path]:
         except BlockingIOError:
             holder = _describe(path)
             os.close(fd)
-            raise OutputLockedError(f"{out}: another wsi-pipeline job is writing this folder ({holder}); wait for "
-                                    f"it to finish or stop it, or choose another --out") from None
+            raise OutputLockedError(f"{what} ({holder}); wait for it to finish or stop it, or choose another "
+                                    f"--out") from None
         try:
             same = os.fstat(fd).st_ino == os.stat(path).st_ino
         except FileNotFoundError:

@@ -40,8 +40,25 @@ def tag_dpi(resolution: float, unit: int) -> float:
     return resolution * 25400.0 / RESUNIT_UM[unit]
 
 
+#: openslide vendors whose MPP is read from the TIFF resolution tags; every other vendor has its own calibration
+#: (Aperio's ``MPP =`` in the ImageDescription, Ventana / Philips / Leica XML, MIRAX ini, DICOM pixel spacing...)
+TAG_MPP_VENDORS = ("generic-tiff", "hamamatsu")
+
+
 def openslide_tag_dpi(properties: Mapping[str, str], mpp: tuple[float, float] | None) -> float | None:
-    """Dots per inch of ``tiff.XResolution`` when openslide's MPP is that tag (generic TIFF, NDPI), else ``None``."""
+    """Dots per inch of ``tiff.XResolution`` when openslide's MPP is that tag (generic TIFF, NDPI), else ``None``.
+
+    An Aperio SVS at 3 um/px (an overview scan) whose resolution tag agrees with its ``MPP = 3`` is not blamed on
+    the tag: its MPP is the scanner's.
+
+    >>> tags = {"tiff.XResolution": "3333.33", "tiff.ResolutionUnit": "centimeter"}
+    >>> round(openslide_tag_dpi({**tags, "openslide.vendor": "generic-tiff"}, (3.0, 3.0)))
+    8467
+    >>> openslide_tag_dpi({**tags, "openslide.vendor": "aperio", "aperio.MPP": "3"}, (3.0, 3.0)) is None
+    True
+    """
+    if properties.get("openslide.vendor") not in TAG_MPP_VENDORS:
+        return None
     unit = _UNIT_NAMES.get(properties.get("tiff.ResolutionUnit", "").lower())
     try:
         res = float(properties["tiff.XResolution"])
@@ -89,5 +106,5 @@ def check_upsample(mpp0: float, target_mpp: float, *, max_upsample: float, path:
                                f"job: raise tile.max_upsample in the job YAML to allow it, or {_FIX}")
 
 
-__all__ = ["DPI_STYLE_MAX", "MPP_RANGE", "RESUNIT_UM", "check_mpp_value", "check_scale", "check_upsample",
+__all__ = ["DPI_STYLE_MAX", "MPP_RANGE", "RESUNIT_UM", "TAG_MPP_VENDORS", "check_mpp_value", "check_scale", "check_upsample",
            "openslide_tag_dpi", "tag_dpi"]
