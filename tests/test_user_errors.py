@@ -283,7 +283,13 @@ def test_sigterm_stops_a_run_like_ctrl_c(tmp_path: Path) -> None:
 
 def test_sigint_stops_the_batch_cleanly_and_a_second_run_is_refused(tmp_path: Path) -> None:
     first, slides, out, cfg = start_batch(tmp_path, ("a", "b", "c", "d"))
-    second = cli("run", str(slides), "--out", str(out), "--config", str(cfg), "--workers", "1")
+    # the first run is paused while the second tries (a busy machine would otherwise let the four small slides
+    # finish before the Ctrl-C below); a stopped process keeps its lock
+    os.killpg(first.pid, signal.SIGSTOP)
+    try:
+        second = cli("run", str(slides), "--out", str(out), "--config", str(cfg), "--workers", "1")
+    finally:
+        os.killpg(first.pid, signal.SIGCONT)
     assert second.returncode == 2 and "another wsi-pipeline job is writing this folder" in second.stderr
     assert f"pid {first.pid}" in second.stderr and "Traceback" not in second.stderr
 
