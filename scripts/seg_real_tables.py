@@ -1,9 +1,11 @@
 """Markdown tables for docs/reproduction-segmentation-real.md from the benchmark JSON (numbers are never typed).
 
     python scripts/seg_real_tables.py ABLATION_ROW=DIR ... > tables.md
+    python scripts/seg_real_tables.py --stains RECIPE=DIR ... > table3.md
 
 Each ``NAME=DIR`` is a ``scripts/eval-segmenter-real.sh`` output folder (``cv/``, ``phantom-model/``, ``phantom-*/``,
-``kidney-stains/``).
+``kidney-stains/``); with ``--stains``, a ``scripts/eval-virtual-stains.sh`` output folder (one sub-folder per
+virtual stain), and the table has one row per stain and a column group per recipe.
 """
 
 from __future__ import annotations
@@ -22,7 +24,26 @@ def _f(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
+def stain_table(runs: dict[str, Path]) -> None:
+    """Table 3: pooled CV scores of each recipe's fold models on each virtual stain folder they were scored on."""
+    stains = sorted({p.parent.name for root in runs.values() for p in root.glob("*/results.json")},
+                    key=lambda n: (n.replace("~colour", "").replace("@3", ""), n))
+    print("| virtual stain | " + " | ".join(f"{n}: TP / FP / FN | F1 | Dice" for n in runs) + " |")
+    print("|---|" + "---|---|---|" * len(runs))
+    for stain in stains:
+        cells = []
+        for root in runs.values():
+            res = _load(root / stain / "results.json")
+            p = res["pooled"] if res else None
+            cells.append("- | - | -" if p is None else
+                         f"{p['tp']} / {p['fp']} / {p['fn']} | **{_f(p['f1'])}** | {_f(p['dice'])}")
+        print(f"| {stain} | " + " | ".join(cells) + " |")
+
+
 def main(argv: list[str]) -> None:
+    if argv[:1] == ["--stains"]:
+        stain_table({name: Path(folder) for name, _, folder in (a.partition("=") for a in argv[1:])})
+        return
     runs = {name: Path(folder) for name, _, folder in (a.partition("=") for a in argv)}
     print("| recipe | CV folds | glomeruli | precision | recall | **F1** | pixel Dice | per-fold F1 | phantom PAS F1 (held-out slides) |")
     print("|---|---|---|---|---|---|---|---|---|")
