@@ -321,7 +321,7 @@ def test_every_long_stage_reports_progress(tmp_path: Path) -> None:
     stages: dict[str, list[tuple[int, int]]] = {}
     for stage, done, total in events:
         stages.setdefault(stage, []).append((done, total))
-    assert set(stages) == {"tile", "segment", "classify"}, stages
+    assert set(stages) == {"tile", "segment", "polygons", "classify"}, stages
     for stage, seen in stages.items():
         dones = [d for d, _ in seen]
         assert dones == sorted(dones) and seen[-1][0] == seen[-1][1] > 0, (stage, seen)

@@ -174,7 +174,7 @@ def summary_table(entries: Sequence[dict[str, Any]], *, title: str = "wsi-pipeli
 
 
 #: what one unit of a stage's progress counts
-STAGE_UNITS = {"tile": "tasks", "segment": "blocks", "classify": "glomeruli"}
+STAGE_UNITS = {"tile": "tasks", "segment": "blocks", "polygons": "chunks", "classify": "glomeruli"}
 
 
 def stage_unit(stage: str) -> str:

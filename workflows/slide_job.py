@@ -285,7 +285,8 @@ class _SlideJob:
     def find_polygons(self, seg: SegSettings) -> tuple[list[Annotation], dict[str, Any]]:
         found = ops.polygons(self.store, seg, self.plan.info.geometry, mpp0=self.plan.mpp0,
                              max_area_um2=self.config.polygons.max_area_um2,
-                             simplify_px=self.config.polygons.simplify_px, scheduler=self.scheduler)
+                             simplify_px=self.config.polygons.simplify_px, scheduler=self.scheduler,
+                             progress=self.ticker("polygons"))
         anns = as_written(Annotation(p, measurements={"seg_confidence": conf}) for p, conf in found)
         return anns, {"glomeruli": len(anns)}
 

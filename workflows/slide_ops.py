@@ -65,13 +65,15 @@ def segmentation_label(store: Path, info: StoreInfo, *, threshold: float) -> Pat
 
 
 def polygons(store: Path, settings: SegSettings, geometry: StoreGeometry, *, mpp0: tuple[float, float],
-             max_area_um2: float, simplify_px: float, scheduler: str | None) -> list[tuple[BaseGeometry, float]]:
+             max_area_um2: float, simplify_px: float, scheduler: str | None,
+             progress: Callable[[int, int], None] | None = None) -> list[tuple[BaseGeometry, float]]:
     """Seam-merged, valid, snapped level-0 glomerulus polygons with their mean segmentation probability."""
     seg = zarr.open_array(str(store / "seg"), mode="r")
     px_area = mpp0[0] * mpp0[1]
     found = polygons_from_zarr(seg, channel=0, threshold=settings.threshold * 255.0, origin=geometry.origin,
                                scale=geometry.scale, min_area_px=settings.min_area_um2 / px_area,
-                               max_area_px=max_area_um2 / px_area, simplify_tol=simplify_px, scheduler=scheduler)
+                               max_area_px=max_area_um2 / px_area, simplify_tol=simplify_px, scheduler=scheduler,
+                               progress=progress)
     return [(p, seg_confidence(seg, p, geometry)) for p in found]
 
 

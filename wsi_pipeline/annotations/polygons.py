@@ -18,7 +18,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import dask
@@ -231,12 +231,14 @@ def polygons_from_zarr(
     max_area_px: float = float("inf"),
     simplify_tol: float = 1.0,
     scheduler: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[Polygon]:
     """Chunk-parallel :func:`mask_to_polygons` over a zarr mask/probability array: 2-D, or ``channel`` of a
     ``(y, x, c)`` or ``(c, y, x)`` array (as :func:`~wsi_pipeline.infer.predict_zarr` writes).
 
     One Dask task per chunk vectorises it (memory: one chunk, not the whole mask); pieces are merged centrally,
-    which only touches objects, not pixels.
+    which only touches objects, not pixels. ``progress(done, total)`` is called as batches of chunks finish
+    (about 20 calls, so a large slide's polygon pass is not silent).
     """
     layout = Layout.of(array)
     if layout.channel is not None and channel is None:
@@ -247,7 +249,12 @@ def polygons_from_zarr(
     for cy, y in enumerate(range(0, height, ch)):
         for cx, x in enumerate(range(0, width, cw)):
             tasks.append(dask.delayed(_zarr_chunk_pieces)(array, (y, x, ch, cw), channel, threshold, (cy, cx)))
-    pieces = [p for chunk in dask.compute(*tasks, scheduler=scheduler) for p in chunk]
+    pieces: list[Piece] = []
+    batch = max(16, -(-len(tasks) // 20))  # enough tasks per batch to keep every thread busy
+    for start in range(0, len(tasks), batch):
+        pieces.extend(p for chunk in dask.compute(*tasks[start:start + batch], scheduler=scheduler) for p in chunk)
+        if progress is not None:
+            progress(min(start + batch, len(tasks)), len(tasks))
     return polygons_from_chunks(
         pieces, origin=origin, scale=scale, min_area_px=min_area_px, max_area_px=max_area_px, simplify_tol=simplify_tol
     )
