@@ -15,7 +15,7 @@ from .options import MPP, TARGET_MPP, legacy_workers, writable_folder
               help="Output store (STORE.zarr); re-running the same command resumes it.")
 @click.option("--mpp", type=TARGET_MPP, default=None, metavar="UM",
               help="Target microns per pixel [default: the slide's level 0]. A target finer than the slide is "
-                   "refused beyond tile.max_upsample (2x).")
+                   "refused beyond tile.max_upsample (2.5x).")
 @click.option("--tile", "tile", type=click.IntRange(16, 8192), default=None, metavar="PX",
               help="Chunk edge in pixels [default: from the config, 512].")
 @click.option("--threads", type=click.IntRange(min=1), default=None,

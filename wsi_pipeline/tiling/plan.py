@@ -29,7 +29,7 @@ class TileConfig(FrozenConfig):
     mpp_tolerance: float = Field(default=0.05, ge=0, lt=0.5)
     # a slide coarser than the target is upsampled at most this much (more is refused: a mis-read MPP, or a slide
     # too coarse for the job; raise it to allow)
-    max_upsample: float = Field(default=2.0, ge=1.0, le=64.0, allow_inf_nan=False)
+    max_upsample: float = Field(default=2.5, ge=1.0, le=64.0, allow_inf_nan=False)
     tile: int = Field(default=512, ge=16, le=8192, description="chunk edge in output pixels")
     task_px: int = Field(default=2048, ge=16, description="edge of one Dask task's block in source pixels")
     # zstd (default) / lz4: decoded pixels, lossless, blosc-compressed; none: decoded pixels, uncompressed. All three
