@@ -116,7 +116,7 @@ def open_cluster(options: ClusterOptions, *, n_slides: int) -> Iterator[Cluster]
         return
     workers, threads = local_layout(n_slides, n_workers=options.n_workers, threads=options.threads_per_worker)
     dashboard = options.dashboard and importlib.util.find_spec("bokeh") is not None
-    with workers_ignore_sigint():
+    with workers_ignore_interrupts():
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                                dashboard_address="127.0.0.1:0",  # the HTTP server always runs: never a fixed port
                                scheduler_kwargs={"dashboard": dashboard}, env={THREADS_ENV: str(threads)},
@@ -141,7 +141,7 @@ def open_cluster(options: ClusterOptions, *, n_slides: int) -> Iterator[Cluster]
 
 
 @contextlib.contextmanager
-def workers_ignore_sigint() -> Iterator[None]:
+def workers_ignore_interrupts() -> Iterator[None]:
     """Worker processes started inside this block ignore SIGINT and SIGTERM (an ignored signal stays ignored across
     exec, and Python then installs no KeyboardInterrupt handler): Ctrl-C in a terminal, or a batch system's SIGTERM,
     reaches the whole process group, and the client, not each worker, stops the batch and closes the cluster
@@ -194,4 +194,4 @@ def slide_slots(nthreads: int, resources: dict[str, float]) -> int:
 
 
 __all__ = ["GPU_RESOURCE", "SLIDE_RESOURCE", "THREADS_ENV", "WORKER_MEMORY_GIB", "Cluster", "ClusterOptions",
-           "local_layout", "open_cluster", "slide_slots", "step_resources", "workers_ignore_sigint"]
+           "local_layout", "open_cluster", "slide_slots", "step_resources", "workers_ignore_interrupts"]

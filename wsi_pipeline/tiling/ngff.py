@@ -160,13 +160,12 @@ def mask_levels(mask: NDArray[np.bool_], *, step: float, shapes: Sequence[tuple[
     return [level(tuple(shape), int(f)) for shape, f in zip(shapes, factors)]  # type: ignore[arg-type]
 
 
-def write_label(store: str | os.PathLike[str], name: str, levels: Iterable[LabelLevel | NDArray[np.uint8]], *,
+def write_label(store: str | os.PathLike[str], name: str, levels: Iterable[LabelLevel], *,
                 factors: Sequence[float], mpp: float | None, translation: tuple[float, float], chunk: int,
                 properties: Mapping[int, Mapping[str, Any]] | None = None) -> Path:
-    """Write label image ``store/labels/<name>`` (``levels``: one per image level, (y, x) integer arrays or
-    :class:`LabelLevel` written a chunk row at a time; ``properties``: label value -> its properties, default ``{1: {"name": name}}``) and list it in
-    ``labels/``'s ``ome.labels``. Built under a hidden name, then renamed: never
-    seen half-written."""
+    """Write label image ``store/labels/<name>`` (``levels``: one :class:`LabelLevel` per image level, written a
+    chunk row at a time; ``properties``: label value -> its properties, default ``{1: {"name": name}}``) and list it
+    in ``labels/``'s ``ome.labels``. Built under a hidden name, then renamed: never seen half-written."""
     root = Path(store)
     labels = zarr.open_group(root / LABELS, mode="a", zarr_format=3)
     final = root / LABELS / name
@@ -174,13 +173,6 @@ def write_label(store: str | os.PathLike[str], name: str, levels: Iterable[Label
     shutil.rmtree(tmp, ignore_errors=True)
     group = zarr.open_group(tmp, mode="w", zarr_format=3)
     for i, lv in enumerate(levels):
-        if not isinstance(lv, LabelLevel):
-            arr = group.create_array(str(i), shape=(1, *lv.shape), chunks=(1, min(chunk, lv.shape[0]) or 1,
-                                                                            min(chunk, lv.shape[1]) or 1),
-                                     dtype=lv.dtype, fill_value=0, compressors=_LABEL_CODECS,
-                                     dimension_names=("c", "y", "x"))
-            arr[0] = lv
-            continue
         (h, w), band = lv.shape, min(chunk, lv.shape[0]) or 1
         arr = group.create_array(str(i), shape=(1, h, w), chunks=(1, band, min(chunk, w) or 1), dtype=np.uint8,
                                  fill_value=0, compressors=_LABEL_CODECS, dimension_names=("c", "y", "x"))

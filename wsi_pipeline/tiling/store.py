@@ -215,8 +215,8 @@ def ngff_translation(info: StoreInfo) -> tuple[float, float]:
 
 
 def write_ngff_label(store: str | os.PathLike[str], info: StoreInfo, name: str,
-                     levels: Iterable[LabelLevel | NDArray[np.uint8]]) -> Path:
-    """Label image ``store/labels/<name>`` on the store's pyramid (``levels``: one (y, x) array per image level)."""
+                     levels: Iterable[LabelLevel]) -> Path:
+    """Label image ``store/labels/<name>`` on the store's pyramid (``levels``: one per image level)."""
     return write_label(store, name, levels, factors=[lv.factor for lv in info.pyramid], mpp=info.geometry.mpp,
                        translation=ngff_translation(info), chunk=info.geometry.tile)
 
