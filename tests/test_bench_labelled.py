@@ -63,3 +63,35 @@ def test_images_without_masks_give_overlays_and_stains(tmp_path: Path) -> None:
     [row] = json.loads((out / "results.json").read_text())["images"]
     assert row["stain_recognised"] == "IHC_DAB" and row["status"] == "ok"
     assert (out / "overlays.jpg").exists()
+
+
+def test_labelled_crops_are_classified_through_the_job_as_in_training(tmp_path: Path) -> None:
+    """Crops + masks + labels.csv (the aidpath-crops layout): each crop a slide with its outline as a QuPath
+    annotation, `run --task classify` on it; the job's p_gs equals the classifier's on the training reader's crop
+    (same geometry, the slide's edge mirrored as in training), up to the slide's JPEG."""
+    from workflows.job_config import JobConfig
+    from workflows.slide_plan import classifier_settings
+    from wsi_pipeline.infer.classify import g2c_probabilities
+    from wsi_pipeline.train.data_real import RealCropsConfig, read_real_crops
+
+    src = ROOT.parent / "shared" / "data" / "real-glomeruli" / "aidpath-crops"
+    picked = ["SAS_21883_001-10.png", "SAS_21942_001-1.png", "SESCAM_4_0-12.png", "SESCAM_1_0-3.png"]
+    data = tmp_path / "crops"
+    for sub in ("images", "masks"):
+        (data / sub).mkdir(parents=True)
+        for name in picked:
+            shutil.copy(src / sub / name, data / sub / name)
+    lines = (src / "labels.csv").read_text().splitlines()
+    (data / "labels.csv").write_text("\n".join([lines[0], *(l for l in lines[1:] if l.split(",")[0] in picked)]) + "\n")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["bench", "accuracy", "--labelled", str(data), "--out", str(out),
+                                       "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["per_site"]) == {"SAS", "SESCAM"} and res["pooled"]["n"] == 4
+    assert "| pooled | 4 |" in result.output
+    cls = classifier_settings(JobConfig().classify, base_dir=None)
+    crops = read_real_crops(RealCropsConfig(root=str(data), size=cls.spec.size, margin=cls.spec.margin))
+    direct = g2c_probabilities(crops.images, cls.load(), batch_size=4)[:, list(cls.load().classes).index("gs")]
+    job = {r["file"]: r["p_gs"] for r in res["crops"]}
+    assert np.abs(np.array([job[f] for f in crops.files]) - direct).max() < 0.1

@@ -17,7 +17,8 @@ from wsi_pipeline.train.calibration import ece, fit_temperature, gs_probability
 from wsi_pipeline.train.data_real import RealCropsConfig, job_crop, read_labels, read_real_crops, slide_folds, slide_id
 from wsi_pipeline.train.g2c import ClassifierWidths
 from wsi_pipeline.train.g2c_real import (GROUPS, G2CRealConfig, augment_stack, build_real_model, cv_threshold,
-                                         init_classifier, logits_of, resolve_init, stain_stack, train_one)
+                                         draw_views, init_classifier, logits_of, resolve_init, stain_stack, train_one,
+                                         view_stacks)
 from wsi_pipeline.train.losses import grouped_focal_loss
 
 REPO = Path(__file__).resolve().parents[1]
@@ -179,12 +180,60 @@ def test_cross_site_run_then_calibrated_shipping_run(few, tmp_path: Path) -> Non
     assert len(set(result["folds"].values())) == 2
     assert {"test_raw", "test_calibrated", "test_cv_threshold"} <= set(result["seeds"][0])
     assert result["temperature"] > 0 and 0 < result["gs_threshold_cv"] < 1
-    ship = cfg.model_copy(update={"holdout": False, "seeds": (0,), "train_sites": ("SESCAM", "SAS"),
-                                  "test_sites": (), "calibrate_from": (str(tmp_path / "cv"),)})
+    ship = cfg.model_copy(update={"holdout": False, "seeds": (0,), "train_sites": ("SESCAM", "SAS"), "views": 1,
+                                  "rot90": True, "test_sites": (), "calibrate_from": (str(tmp_path / "cv"),)})
     shipped = train_g2c_real(ship, run_dir=tmp_path / "ship", data=few, progress=False)
     _, record = load_model(shipped["seeds"][0]["model"])
     assert record.metadata["temperature"] == json.loads((tmp_path / "cv" / "result.json").read_text())["temperature"]
     assert 0 < record.metadata["gs_threshold"] < 1 and record.metadata["classes"] == ["noa", "ss", "gs"]
+
+
+def test_views_are_seeded_augmented_copies_with_their_own_generated_stains(few) -> None:  # type: ignore[no-untyped-def]
+    """A view is the crop re-stained (PAS hue / intensity, optics, JPEG) with stains generated from *that* copy, the
+    same for the same seed; draw_views picks one stack per sample and the original stays exactly as it was."""
+    recipe = load_config(REPO / "configs" / "train-g2c-real-cv-aug.yaml", G2CRealConfig)
+    assert recipe.views == 6 and recipe.rot90 and recipe.appearance.counterstains == ("pas",)
+    model, _, _ = build_real_model(G2CRealConfig(variant="PAS_PASM", init=None, generators={
+        "PASM": "generator-real-PAS-PASM"}, classifier=ClassifierWidths(stem_width=8, widths=(16,), blocks_per_unit=1)))
+    pas = few.images[:3]
+    views = view_stacks(model, pas, views=2, appearance=recipe.appearance, seed=0)
+    again = view_stacks(model, pas, views=2, appearance=recipe.appearance, seed=0)
+    assert len(views) == 2 and views[0].dtype == torch.float16 and views[0].shape == (3, 2, 3, 64, 64)
+    assert all(torch.equal(a, b) for a, b in zip(views, again))
+    original = stain_stack(model, pas)
+    assert (views[0][:, 0].float() - original[:, 0]).abs().mean() > 0.01  # the PAS copy differs ...
+    regenerated = stain_stack(model, (views[0][:, 0].float().permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8))
+    assert (regenerated[:, 1] - views[0][:, 1].float()).abs().mean() < 0.02  # ... and its stain comes from it
+    gen = torch.Generator().manual_seed(0)
+    picked = draw_views([original, *views], torch.arange(3), generator=gen)
+    assert picked.dtype == torch.float32 and picked.shape == original.shape
+    assert torch.equal(draw_views([original], torch.tensor([2, 0]), generator=gen), original[[2, 0]])
+
+
+def test_rotations_move_every_stain_of_a_sample_alike() -> None:
+    base = torch.rand(16, 1, 3, 8, 8)
+    x = base.expand(16, 3, 3, 8, 8).clone()  # three identical "stains" per sample
+    y = augment_stack(x, brightness=0.0, saturation=0.0, generator=torch.Generator().manual_seed(1), rot90=True)
+    assert torch.allclose(y[:, 1], y[:, 2]) and torch.allclose(y[:, 0], y[:, 1], atol=1e-6)
+    moved = [(y[i, 1] - base[i, 0]).abs().sum() > 0 for i in range(16)]
+    transposed = [torch.equal(y[i, 1], base[i, 0].transpose(-1, -2).flip(-1)) or
+                  torch.equal(y[i, 1], base[i, 0].transpose(-1, -2)) for i in range(16)]
+    assert any(moved) and any(transposed)
+
+
+def test_pas_only_recolouring_keeps_the_pas_hue() -> None:
+    from wsi_pipeline.train.appearance import AppearanceConfig, recolour
+
+    with pytest.raises(ValueError, match="counterstains"):
+        AppearanceConfig(counterstains=("mauve",))
+    img = np.full((32, 32, 3), 235, np.uint8)
+    img[4:28, 4:28] = (190, 90, 170)  # PAS magenta
+    img[12:20, 12:20] = (70, 60, 140)  # hematoxylin
+    cfg = AppearanceConfig(counterstains=("pas",), hue_noise=0.02)
+    for seed in range(5):
+        out = recolour(img, rng=np.random.default_rng(seed), config=cfg).astype(int)
+        r, g, b = out[6, 6]
+        assert g < r and g < b, (seed, out[6, 6])  # magenta stays magenta, never brown, red-only or grey
 
 
 def test_resolve_init_extracts_a_file_from_git_history(tmp_path: Path) -> None:

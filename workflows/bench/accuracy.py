@@ -92,14 +92,17 @@ def markdown(results: dict[str, Any]) -> str:
               help="Job YAML [default: configs/default.yaml values].")
 @threads_options(2, "Threads of each slide job (Dask's threaded scheduler and PyTorch).")
 @click.option("--labelled", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="Score a folder of images/ + masks/ instead of phantom slides (README: Check it on your own "
+              help="Score a folder of images/ + masks/ instead of phantom slides; with a labels.csv "
+                   "(global_sclerosis), glomerulus crops through the classifier (README: Check it on your own "
                    "slides first).")
 @click.option("--mpp", type=FiniteFloat(0.05, 20.0, unit="um/px"), default=None,
-              help="With --labelled: um/px of every image (else mpp.json).")
+              help="With --labelled: um/px of every image (else mpp.json; labelled crops: 1.0).")
 @click.option("--label-stain", default=None, help="With --labelled: stain name for every image.")
 @click.option("--only", default=None, help="With --labelled: comma-separated image names to score.")
 @click.option("--cv-runs", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="With --labelled: a folder of fold-k segmenter runs; each scores its own held-out fold.")
+@click.option("--site", "sites", multiple=True,
+              help="With --labelled crops (a labels.csv with global_sclerosis): only crops of this site (repeatable).")
 @click.option("--min-truth-um2", type=FiniteFloat(0.0, unit="um^2"), default=2000.0, show_default=True,
               help="With --labelled: truth objects smaller than this are left out of the object scores.")
 def command(**kw: Any) -> None:
@@ -118,6 +121,13 @@ def _run(args: Any) -> None:
         from workflows.job_config import load_job_config as _load
         from wsi_pipeline.labelled import IMAGE_SUFFIXES
 
+        if (args.labelled / "labels.csv").is_file():  # glomerulus crops labelled GS or not: the classifier
+            from workflows.bench.crops import run_labelled_crops
+
+            run_labelled_crops(args.labelled, args.out.resolve(), config=_load(args.config), mpp=args.mpp or 1.0,
+                               sites=tuple(args.sites), workers=args.workers)
+            print((args.out / "results.md").read_text())
+            return
         if not (args.labelled / "masks").is_dir():  # no masks: find glomeruli, recognise stains, draw overlays
             if args.mpp is None:
                 raise click.UsageError(f"{args.labelled}: images without masks need --mpp")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import imagecodecs
 import numpy as np
 from PIL import Image
+from pydantic import field_validator
 from scipy import ndimage
 
 from ..config import FrozenConfig
@@ -49,6 +50,20 @@ class AppearanceConfig(FrozenConfig):
     max_blur: float = 1.0         # Gaussian sigma, working px
     p_jpeg: float = 0.5
     jpeg_quality: tuple[int, int] = (40, 95)
+    # which counter-stains recolour draws from (None: all of COUNTERSTAINS); ("pas",) varies PAS only: hue and
+    # intensity of one stain, as two hospitals' PAS differ (the G2C classifier, trained and judged on PAS)
+    counterstains: tuple[str, ...] | None = None
+    hue_noise: float = 0.06       # s.d. added to the counter-stain's unit absorbance direction
+    hed_sigma: float = 0.05       # HED jitter: per-stain concentration scale s.d. ...
+    hed_bias: float = 0.02        # ... and shift s.d.
+
+    @field_validator("counterstains")
+    @classmethod
+    def _known(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        unknown = sorted(set(v or ()) - set(COUNTERSTAINS))
+        if unknown or v == ():
+            raise ValueError(f"counterstains: {unknown or 'empty'}; known: {sorted(COUNTERSTAINS)}")
+        return v
 
 
 def _stain_matrix(image: np.ndarray) -> np.ndarray:
@@ -75,8 +90,9 @@ def recolour(image: np.ndarray, *, rng: np.random.Generator, config: AppearanceC
     conc = np.clip(od @ np.linalg.pinv(m), 0, None)  # (N, 2)
     resid = od - conc @ m  # what the two stains do not explain (kept: it carries texture)
     hema = _unit(_HEMATOXYLIN + rng.normal(0, 0.08, 3))
-    name = list(COUNTERSTAINS)[int(rng.integers(len(COUNTERSTAINS)))]
-    counter = _unit(np.array(COUNTERSTAINS[name]) + rng.normal(0, 0.06, 3))
+    names = config.counterstains or tuple(COUNTERSTAINS)
+    name = names[int(rng.integers(len(names)))]
+    counter = _unit(np.array(COUNTERSTAINS[name]) + rng.normal(0, config.hue_noise, 3))
     conc = conc * np.array([rng.uniform(*config.hema_scale), rng.uniform(*config.counter_scale)])
     out = conc @ np.stack([hema, counter]) + resid * rng.uniform(0.3, 1.0)
     return od_to_rgb(out.reshape(image.shape))
@@ -124,7 +140,7 @@ def augment_appearance(image: np.ndarray, *, rng: np.random.Generator,
     if u < config.p_recolour:
         out = recolour(out, rng=rng, config=config)
     elif u < config.p_recolour + config.p_hed_jitter:
-        out = hed_jitter(out, rng=rng)
+        out = hed_jitter(out, rng=rng, sigma=config.hed_sigma, bias=config.hed_bias)
     if rng.random() < config.p_gray:
         g = (out.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))
         out = np.repeat(np.clip(g + 0.5, 0, 255).astype(np.uint8)[..., None], 3, axis=2)

@@ -41,6 +41,7 @@ from ..models.blocks import BasicBlock
 from ..models.cyclegan import GeneratorConfig
 from ..models.g2c import G2C, G2CClassifier, G2CClassifierConfig, G2CConfig
 from ..models.registry import load_model, save_model
+from .appearance import AppearanceConfig, augment_appearance
 from .calibration import ece, fit_temperature, gs_probability
 from .common import RunState, seed_everything
 from .data_real import RealCropsConfig, RealGlomeruli, read_real_crops, slide_folds
@@ -84,6 +85,16 @@ class G2CRealConfig(FrozenConfig):
     focal_gamma: float = Field(2.0, ge=0)
     brightness: float = Field(0.1, ge=0, lt=1)
     saturation: float = Field(0.1, ge=0, lt=1)
+    rot90: bool = False  # also rotate by a random multiple of 90 degrees (every stain of a sample alike)
+    # hospital-to-hospital variation: ``views`` appearance-augmented copies of every training crop (stain hue and
+    # intensity, optics, JPEG: ``appearance``), each with its own generated stains, made once before training;
+    # every step draws one of the original + ``views`` copies per sample. 0: the original crops only.
+    views: int = Field(0, ge=0)
+    view_seed: int = 0
+    appearance: AppearanceConfig = AppearanceConfig(
+        p_recolour=0.5, p_hed_jitter=0.5, counterstains=("pas",), counter_scale=(0.5, 1.5), hema_scale=(0.6, 1.4),
+        hue_noise=0.08, hed_sigma=0.1, hed_bias=0.03, p_gray=0.0, p_optics=0.3, max_down=1.5, max_blur=0.8,
+        p_jpeg=0.3, jpeg_quality=(50, 95))
     threads: int = Field(1, ge=1)
     # holdout: false (shipping): fit the temperature and GS threshold on the pooled out-of-fold predictions of these
     # finished cross-validation runs (their result.json) and write them into the model's metadata
@@ -178,19 +189,45 @@ def stain_stack(model: G2C, pas: NDArray[np.uint8], *, batch_size: int = 32) -> 
     return torch.cat([model.stains(unit(pas[i:i + batch_size])) for i in range(0, len(pas), batch_size)])
 
 
-def augment_stack(x: torch.Tensor, *, brightness: float, saturation: float, generator: torch.Generator) -> torch.Tensor:
-    """Flip every stain of a sample alike; brightness/saturation jitter on the PAS input (index 0) only."""
+def augment_stack(x: torch.Tensor, *, brightness: float, saturation: float, generator: torch.Generator,
+                  rot90: bool = False) -> torch.Tensor:
+    """Flip (and with ``rot90`` rotate) every stain of a sample alike; brightness/saturation jitter on the PAS input
+    (index 0) only."""
     b = x.shape[0]
     flip_h = (torch.rand(b, generator=generator) < 0.5)[:, None, None, None, None]
     flip_v = (torch.rand(b, generator=generator) < 0.5)[:, None, None, None, None]
     x = torch.where(flip_h, x.flip(-1), x)
     x = torch.where(flip_v, x.flip(-2), x)
+    if rot90:  # with both flips, a transpose gives all eight symmetries of the square
+        swap = (torch.rand(b, generator=generator) < 0.5)[:, None, None, None, None]
+        x = torch.where(swap, x.transpose(-1, -2), x)
     fb = (1 + (torch.rand(b, generator=generator) * 2 - 1) * brightness)[:, None, None, None]
     fs = (1 + (torch.rand(b, generator=generator) * 2 - 1) * saturation)[:, None, None, None]
     pas = x[:, 0] * fb
     gray = (0.299 * pas[:, 0] + 0.587 * pas[:, 1] + 0.114 * pas[:, 2]).unsqueeze(1)
     pas = (gray + (pas - gray) * fs).clamp(0, 1)
     return torch.cat([pas[:, None], x[:, 1:]], dim=1)
+
+
+@torch.no_grad()
+def view_stacks(model: G2C, pas: NDArray[np.uint8], *, views: int, appearance: AppearanceConfig, seed: int,
+                progress: bool = False) -> list[torch.Tensor]:
+    """``views`` appearance-augmented copies of the crops ``pas``, each as its stain stack in float16 (memory):
+    copy ``v`` of crop ``i`` is a pure function of ``(seed, v, i)``."""
+    out = []
+    for v in tqdm(range(1, views + 1), desc="g2c-real views", disable=not progress, leave=False):
+        images = np.stack([augment_appearance(img, rng=np.random.default_rng([seed, v, i]), config=appearance)
+                           for i, img in enumerate(pas)]) if len(pas) else pas
+        out.append(stain_stack(model, images).half())
+    return out
+
+
+def draw_views(stacks: list[torch.Tensor], idx: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
+    """One of ``stacks`` (the original, then the augmented copies) per sample ``idx``, as float32."""
+    if len(stacks) == 1:
+        return stacks[0][idx].float()
+    pick = torch.randint(len(stacks), (len(idx),), generator=generator)
+    return torch.stack([stacks[int(v)][int(i)].float() for v, i in zip(pick, idx)])
 
 
 @torch.no_grad()
@@ -202,9 +239,11 @@ def logits_of(model: G2C, stack: torch.Tensor, *, batch_size: int = 32) -> NDArr
 
 
 # -- training --------------------------------------------------------------------------------------------------------
-def train_one(config: G2CRealConfig, stack: torch.Tensor, gs: NDArray[np.int64], *, seed: int, run_dir: Path,
-              progress: bool = True) -> tuple[G2C, G2CConfig, dict[str, str]]:
-    """Train one seed on ``stack`` (precomputed stains) / ``gs`` labels; resumable per epoch in ``run_dir``."""
+def train_one(config: G2CRealConfig, stacks: torch.Tensor | list[torch.Tensor], gs: NDArray[np.int64], *, seed: int,
+              run_dir: Path, progress: bool = True) -> tuple[G2C, G2CConfig, dict[str, str]]:
+    """Train one seed on ``stacks`` (precomputed stains: the crops, then any augmented copies of them) / ``gs``
+    labels; resumable per epoch in ``run_dir``."""
+    stacks = [stacks] if isinstance(stacks, torch.Tensor) else stacks
     seed_everything(seed)
     model, arch, digests = build_real_model(config)
     optimizer = torch.optim.SGD([p for p in model.parameters()], lr=config.lr, momentum=config.momentum)
@@ -227,7 +266,8 @@ def train_one(config: G2CRealConfig, stack: torch.Tensor, gs: NDArray[np.int64],
             idx = order[i:i + config.batch_size]
             if len(idx) < 2:  # batch norm needs two samples
                 continue
-            x = augment_stack(stack[idx], brightness=config.brightness, saturation=config.saturation, generator=gen)
+            x = augment_stack(draw_views(stacks, idx, generator=gen), brightness=config.brightness,
+                              saturation=config.saturation, generator=gen, rot90=config.rot90)
             optimizer.zero_grad(set_to_none=True)
             logits = model(x[:, 0]) if in_loop else model.classifier(x)
             loss = grouped_focal_loss(logits, GROUPS, y_all[idx], gamma=config.focal_gamma)
@@ -273,6 +313,8 @@ def train_g2c_real(config: G2CRealConfig, *, run_dir: str | Path, progress: bool
     folds = slide_folds(train.slides, k=config.folds, seed=config.fold_seed)
     probe, _, _ = build_real_model(config)
     stack_train = stain_stack(probe, train.images)
+    extra = view_stacks(probe, train.images, views=config.views, appearance=config.appearance,
+                        seed=config.view_seed, progress=progress)
     stack_test = stain_stack(probe, test.images) if len(test) else None
     oof = np.full((len(train), len(CLASSES)), np.nan, np.float32)
     runs: list[dict[str, Any]] = []
@@ -280,7 +322,8 @@ def train_g2c_real(config: G2CRealConfig, *, run_dir: str | Path, progress: bool
     for k, seed in enumerate(config.seeds):
         fold = k % config.folds
         fit = folds != fold if config.holdout else np.ones(len(train), bool)
-        model, arch, digests = train_one(config, stack_train[torch.from_numpy(np.flatnonzero(fit))], train.gs[fit],
+        rows = torch.from_numpy(np.flatnonzero(fit))
+        model, arch, digests = train_one(config, [stack_train[rows]] + [v[rows] for v in extra], train.gs[fit],
                                          seed=seed, run_dir=root / f"seed{seed}", progress=progress)
         entry: dict[str, Any] = {"seed": seed, "n_train": int(fit.sum()), "model": str(root / f"seed{seed}" / "g2c.safetensors")}
         if config.holdout:
@@ -347,5 +390,6 @@ def _summarise(config: G2CRealConfig, root: Path, train: RealGlomeruli, test: Re
     return result
 
 
-__all__ = ["CLASSES", "G2CRealConfig", "GROUPS", "REAL_VARIANTS", "RealVariant", "augment_stack", "binary_scores", "build_real_model", "cv_threshold",
-           "init_classifier", "logits_of", "pooled_calibration", "resolve_init", "stain_stack", "train_g2c_real", "train_one", "unit"]
+__all__ = ["CLASSES", "G2CRealConfig", "GROUPS", "REAL_VARIANTS", "RealVariant", "augment_stack", "binary_scores", "draw_views", "build_real_model", "cv_threshold",
+           "init_classifier", "logits_of", "pooled_calibration", "resolve_init", "stain_stack", "train_g2c_real", "train_one", "unit",
+           "view_stacks"]
