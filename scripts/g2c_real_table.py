@@ -78,7 +78,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             mean = f"**{_pm([(a + b) / 2 for a, b in zip(per_dir[0][:n], per_dir[1][:n])])}**"
         else:
             mean = "-"
-        paper = PAPER.get(tag.split("-")[0], (float("nan"), float("nan")))
+        paper = PAPER.get(tag.split("-")[0].split(" ")[0], (float("nan"), float("nan")))
         lines.append(f"| {tag} | {' | '.join(cells)} | {mean} | {paper[0]:.2f} | {paper[1]:.2f} |")
     return "\n".join(lines) + "\n"
 
@@ -120,6 +120,8 @@ def main() -> None:
     parser.add_argument("--train-site", choices=("SESCAM", "SAS"), default=None,
                         help="run only the direction that trains on this hospital")
     parser.add_argument("--report-only", action="store_true", help="rebuild table.md from finished runs only")
+    parser.add_argument("--with", dest="others", nargs="*", default=[], metavar="DIR[:SUFFIX]",
+                        help="also list the finished runs of these table folders (their tags + ' SUFFIX')")
     args = parser.parse_args()
     base = load_config(args.config, G2CRealConfig)
     joint = None if args.joint == "default" else args.joint == "joint"
@@ -127,6 +129,10 @@ def main() -> None:
         directions = tuple(d for d in DIRECTIONS if args.train_site in (None, d[0][0]))
         run_all(base, args.variants, args.out, joint=joint, directions=directions)
     rows = [{"tag": p.parent.parent.name, **json.loads(p.read_text())} for p in sorted(args.out.glob("*/*/result.json"))]
+    for other in args.others:
+        folder, _, suffix = other.partition(":")
+        rows += [{"tag": f"{p.parent.parent.name} {suffix}".strip(), **json.loads(p.read_text())}
+                 for p in sorted(Path(folder).glob("*/*/result.json"))]
     for r in rows:
         for s in r["seeds"]:
             s.pop("test_logits", None)
