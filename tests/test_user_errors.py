@@ -289,11 +289,12 @@ def test_sigint_stops_the_batch_cleanly_and_a_second_run_is_refused(tmp_path: Pa
     try:
         second = cli("run", str(slides), "--out", str(out), "--config", str(cfg), "--workers", "1")
     finally:
+        # Ctrl-C while still paused: it is pending when the group resumes, so the run meets it before any more work
+        os.killpg(first.pid, signal.SIGINT)
         os.killpg(first.pid, signal.SIGCONT)
     assert second.returncode == 2 and "another wsi-pipeline job is writing this folder" in second.stderr
     assert f"pid {first.pid}" in second.stderr and "Traceback" not in second.stderr
 
-    os.killpg(first.pid, signal.SIGINT)
     status = assert_interrupted(first, out)
     assert set(status) == {"a.svs", "b.svs", "c.svs", "d.svs"} and status["d.svs"] == "interrupted", status
 
