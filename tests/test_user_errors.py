@@ -235,9 +235,11 @@ def test_remove_stale_temps_takes_only_temps(tmp_path: Path) -> None:
     assert (tmp_path / "keep.tmp").exists() and (tmp_path / "keep.json").exists()
 
 
-def start_batch(tmp_path: Path, names: tuple[str, ...]) -> tuple[subprocess.Popen[str], Path, Path, Path]:
+def start_batch(tmp_path: Path, names: tuple[str, ...], *, sigint_ignored: bool = False
+                ) -> tuple[subprocess.Popen[str], Path, Path, Path]:
     """``wsi-pipeline run`` on disc slides ``names`` in its own process group (like a shell job: Ctrl-C in a terminal
-    signals the whole group), returned once the first slide's tiling has started: (process, slides, out, config)."""
+    signals the whole group), returned once the first slide's tiling has started: (process, slides, out, config).
+    ``sigint_ignored``: started with SIGINT ignored, as a shell script's background job is."""
     slides = tmp_path / "in"
     slides.mkdir()
     for name in names:
@@ -247,7 +249,9 @@ def start_batch(tmp_path: Path, names: tuple[str, ...]) -> tuple[subprocess.Pope
     args = [sys.executable, "-m", "workflows.cli", "run", str(slides), "--out", str(out), "--config", str(cfg),
             "--task", "segment", "--workers", "1", "--threads-per-worker", "1", "--no-dashboard"]
     proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored
+                            else None)
     assert proc.stderr is not None
     seen = []
     for line in proc.stderr:  # the client's live stage lines (no terminal: one line per stage)
@@ -281,8 +285,9 @@ def test_sigterm_stops_a_run_like_ctrl_c(tmp_path: Path) -> None:
     assert set(status) == {"a.svs", "b.svs"} and status["b.svs"] == "interrupted", status
 
 
-def test_sigint_stops_the_batch_cleanly_and_a_second_run_is_refused(tmp_path: Path) -> None:
-    first, slides, out, cfg = start_batch(tmp_path, ("a", "b", "c", "d"))
+@pytest.mark.parametrize("sigint_ignored", [False, True], ids=["terminal", "background-job"])
+def test_sigint_stops_the_batch_cleanly_and_a_second_run_is_refused(tmp_path: Path, sigint_ignored: bool) -> None:
+    first, slides, out, cfg = start_batch(tmp_path, ("a", "b", "c", "d"), sigint_ignored=sigint_ignored)
     # the first run is paused while the second tries (a busy machine would otherwise let the four small slides
     # finish before the Ctrl-C below); a stopped process keeps its lock
     os.killpg(first.pid, signal.SIGSTOP)

@@ -100,7 +100,9 @@ def command(inputs: tuple[Path, ...], out_dir: Path, config_path: Path | None, t
     console = Console(stderr=True)
     if not console.is_terminal:  # a log file: one line per message, never wrapped at 80 columns
         console = Console(stderr=True, width=100_000, no_color=True)
-    previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops the batch like Ctrl-C
+    # Ctrl-C and SIGTERM stop the batch alike, also when the command was started with SIGINT ignored (a background
+    # job of a script: `wsi-pipeline run ... &` then `kill -INT`); both handlers are restored afterwards
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         with output_lock(out_dir):
             remove_stale_temps(out_dir, recursive=False)  # report temps of a killed run (slides clean their own)
@@ -125,7 +127,8 @@ def command(inputs: tuple[Path, ...], out_dir: Path, config_path: Path | None, t
                 else:
                     stopped = None
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if stopped is not None:
         done = sum(e["status"] != "interrupted" for e in stopped.entries)
         click.echo(f"interrupted: {done} of {len(slides)} slides finished, the others are marked interrupted in "
