@@ -36,15 +36,10 @@ def _outline(mask: np.ndarray) -> Any:
 
 
 def binary_summary(p_gs: np.ndarray, called_gs: np.ndarray, gs: np.ndarray) -> dict[str, Any]:
-    """GS-vs-not figures of the job's calls and probabilities."""
-    from wsi_pipeline.train.g2c import roc_auc
+    """GS-vs-not figures of the job's calls and probabilities (the training runs' own scoring), with the GS count."""
+    from wsi_pipeline.train.g2c_real import call_scores
 
-    rec_gs = float(called_gs[gs == 1].mean()) if (gs == 1).any() else float("nan")
-    rec_not = float((~called_gs[gs == 0]).mean()) if (gs == 0).any() else float("nan")
-    both = (gs == 1).any() and (gs == 0).any()
-    return {"n": int(len(gs)), "gs": int(gs.sum()), "recall_gs": rec_gs, "recall_not_gs": rec_not,
-            "balanced_accuracy": (rec_gs + rec_not) / 2 if both else float("nan"),
-            "auc": roc_auc(p_gs, gs) if both else float("nan")}
+    return call_scores(called_gs, p_gs, gs) | {"n": int(len(gs)), "gs": int(gs.sum())}
 
 
 def run_labelled_crops(folder: Path, out: Path, *, config: Any, mpp: float = 1.0, sites: tuple[str, ...] = (),

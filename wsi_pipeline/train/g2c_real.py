@@ -285,11 +285,18 @@ def binary_scores(logits: NDArray[np.float32], gs: NDArray[np.int64], *, tempera
                   threshold: float = 0.5) -> dict[str, float]:
     """GS-vs-not balanced accuracy (``p_gs >= threshold``), recalls, AUC and ECE at ``temperature``."""
     p = gs_probability(logits, temperature=temperature)
-    pred = (p >= threshold).astype(np.int64)
+    return call_scores(p >= threshold, p, gs) | {"ece": ece(p, gs)}
+
+
+def call_scores(called_gs: NDArray[np.bool_], p_gs: NDArray[np.floating[Any]],
+                gs: NDArray[np.int64]) -> dict[str, float]:
+    """GS-vs-not figures of decisions ``called_gs`` and probabilities ``p_gs``: balanced accuracy (over the classes
+    present), each class's recall (NaN when absent), AUC of ``p_gs``, count."""
+    pred = np.asarray(called_gs, bool).astype(np.int64)
     return {"balanced_accuracy": balanced_accuracy(pred, gs, num_classes=2),
             "recall_gs": float((pred[gs == 1] == 1).mean()) if (gs == 1).any() else float("nan"),
             "recall_not_gs": float((pred[gs == 0] == 0).mean()) if (gs == 0).any() else float("nan"),
-            "auc": roc_auc(p, gs), "ece": ece(p, gs), "n": float(len(gs))}
+            "auc": roc_auc(p_gs, gs), "n": float(len(gs))}
 
 
 def cv_threshold(p: NDArray[np.float64], gs: NDArray[np.int64]) -> float:
@@ -390,6 +397,6 @@ def _summarise(config: G2CRealConfig, root: Path, train: RealGlomeruli, test: Re
     return result
 
 
-__all__ = ["CLASSES", "G2CRealConfig", "GROUPS", "REAL_VARIANTS", "RealVariant", "augment_stack", "binary_scores", "draw_views", "build_real_model", "cv_threshold",
+__all__ = ["CLASSES", "G2CRealConfig", "GROUPS", "REAL_VARIANTS", "RealVariant", "augment_stack", "binary_scores", "call_scores", "draw_views", "build_real_model", "cv_threshold",
            "init_classifier", "logits_of", "pooled_calibration", "resolve_init", "stain_stack", "train_g2c_real", "train_one", "unit",
            "view_stacks"]
