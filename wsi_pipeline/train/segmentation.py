@@ -98,6 +98,10 @@ class SegmenterTrainConfig(FrozenConfig):
     lr: float = Field(1e-3, gt=0)
     betas: tuple[float, float] = (0.9, 0.999)
     cosine_decay: bool = True  # cosine lr decay over the run (the paper is silent; helps short CPU runs settle)
+    # a leased GPU for a fixed time: the run ends at the first epoch end past this many seconds (``epochs`` stays the
+    # upper bound) and the cosine decay follows the share of the budget spent instead of the share of the steps
+    time_budget_s: float | None = Field(None, gt=0)
+    loader_workers: int = Field(0, ge=0, description="DataLoader worker processes (0: in-process, the 2-core CPU)")
     dice_weight: float = Field(0.0, ge=0, description="add dice_weight * soft-Dice loss to BCE (paper: BCE only)")
     threshold: float = Field(0.5, gt=0, lt=1)
     window: int = Field(256, ge=32, description="inference window (px) for validation and the exported metadata")
@@ -199,7 +203,7 @@ def evaluate_phantom_store(model: nn.Module, store_path: str | Path, layout: Lay
 class _Nets:
     """G and (with DA) the three discriminators with their optimisers and schedulers."""
 
-    def __init__(self, config: SegmenterTrainConfig, device: torch.device) -> None:
+    def __init__(self, config: SegmenterTrainConfig, device: torch.device, schedule: _Schedule) -> None:
         self.g: UNetResNet34 = config.model.build().to(device)
         self.models: dict[str, nn.Module] = {"G": self.g}
         self.disc: dict[str, nn.Module] = {}
@@ -214,13 +218,36 @@ class _Nets:
         if self.disc:
             params = [p for d in self.disc.values() for p in d.parameters()]
             self.opt["D"] = torch.optim.Adam(params, lr=config.lr, betas=config.betas)
-        total = config.epochs * config.steps_per_epoch
 
         def factor(step: int) -> float:
             # a plain float: numpy scalars in the scheduler state would not pass torch.load(weights_only=True)
-            return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total)) if config.cosine_decay else 1.0
+            return 0.5 * (1.0 + math.cos(math.pi * schedule.done(step))) if config.cosine_decay else 1.0
 
         self.sched = {k: torch.optim.lr_scheduler.LambdaLR(o, factor) for k, o in self.opt.items()}
+
+
+class _Schedule:
+    """How much of the run is done: the share of ``epochs x steps_per_epoch``, or of ``time_budget_s`` when set
+    (training seconds carry over a resume through the ``train_seconds`` of the last epoch's metrics)."""
+
+    def __init__(self, config: SegmenterTrainConfig) -> None:
+        self.total = config.epochs * config.steps_per_epoch
+        self.budget = config.time_budget_s
+        self.t0 = time.perf_counter()
+
+    def resume(self, history: list[dict[str, Any]]) -> None:
+        self.t0 = time.perf_counter() - (float(history[-1].get("train_seconds", 0.0)) if history else 0.0)
+
+    def spent(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def done(self, step: int) -> float:
+        if self.budget is None:
+            return min(step, self.total) / self.total
+        return min(self.spent() / self.budget, 1.0)
+
+    def over(self) -> bool:
+        return self.budget is not None and self.spent() >= self.budget
 
 
 def _seg_loss(logits: torch.Tensor, mask: torch.Tensor, dice_weight: float) -> torch.Tensor:
@@ -230,9 +257,12 @@ def _seg_loss(logits: torch.Tensor, mask: torch.Tensor, dice_weight: float) -> t
     return loss
 
 
-def _loader(ds: Dataset[dict[str, torch.Tensor]], batch_size: int) -> DataLoader[dict[str, torch.Tensor]]:
-    # in-process loading: crops are cheap, and the 2 shared CPU cores are better spent on the network
-    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0, drop_last=True)
+def _loader(ds: Dataset[dict[str, torch.Tensor]], batch_size: int, workers: int = 0) -> DataLoader[dict[str, torch.Tensor]]:
+    # in-process by default: on the 2-core CPU the cores are better spent on the network; on a GPU host the crops
+    # (paste, resample, recolour: ~13 ms each on one core) are the bottleneck, so workers make them in parallel
+    # (items are pure functions of (seed, epoch, index): the same batches either way)
+    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, drop_last=True,
+                      prefetch_factor=4 if workers else None, pin_memory=workers > 0 and torch.cuda.is_available())
 
 
 class _Trainer:
@@ -377,7 +407,8 @@ def train_segmenter(config: SegmenterTrainConfig, *, run_dir: str | Path, progre
                       load_scenes(config.da.target_seeds, config.da.target_stains, **load))  # type: ignore[arg-type]
         tgt = SegPatchDataset(tgt_scenes, config=data, length=n_items, seed=config.seed + 1)
 
-    nets = _Nets(config, device)
+    schedule = _Schedule(config)
+    nets = _Nets(config, device, schedule)
     if config.init is not None:
         init, _ = load_model(config.init)
         nets.g.load_state_dict(init.state_dict())
@@ -388,6 +419,7 @@ def train_segmenter(config: SegmenterTrainConfig, *, run_dir: str | Path, progre
         augments.append(StainTransferAugment.from_config(config.stain_transfer, device=device))
     trainer = _Trainer(config, nets, device, augments)
     start = run.resume(models=nets.models, optimizers=nets.opt, schedulers=nets.sched)
+    schedule.resume(run.history)
     # with DA the exported model must be an adapted one: before the alternating phase G has seen no target
     # signal, and validating on source labels (unsupervised DA) would otherwise favour the plain source model
     adapting = config.da.mode != "none" and config.da.s0 + config.da.d0 < config.epochs
@@ -399,13 +431,15 @@ def train_segmenter(config: SegmenterTrainConfig, *, run_dir: str | Path, progre
     weights = run.run_dir / EXPORT_NAME
     t0 = time.perf_counter()
     for epoch in range(start, config.epochs):
+        if schedule.over():  # a time-budgeted run ends at the first epoch boundary past its budget
+            break
         phase = config.da.phase(epoch)
         src.set_epoch(epoch)
-        batches: Iterator[Any] = iter(_loader(src, config.batch_size))
+        batches: Iterator[Any] = iter(_loader(src, config.batch_size, config.loader_workers))
         tgt_batches: Iterator[Any] | None = None
         if tgt is not None:
             tgt.set_epoch(epoch)
-            tgt_batches = infinite(_loader(tgt, config.batch_size))
+            tgt_batches = infinite(_loader(tgt, config.batch_size, config.loader_workers))
         sums: dict[str, float] = {}
         bar = tqdm(batches, total=config.steps_per_epoch, disable=not progress, leave=False,
                    desc=f"segmenter epoch {epoch + 1}/{config.epochs} [{phase}]")
@@ -428,6 +462,7 @@ def train_segmenter(config: SegmenterTrainConfig, *, run_dir: str | Path, progre
         metrics["select"] = _select_score(val, config.select_on, epoch)
         metrics["lr"] = nets.opt["G"].param_groups[0]["lr"]
         metrics["phase_" + phase] = 1.0
+        metrics["train_seconds"] = schedule.spent()
         if eligible(metrics) and (best is None or metrics["select"] > best["select"]):
             best = {"epoch": epoch, **metrics}
             _export(nets.g, weights, config=config, epoch=epoch, metrics=val)
@@ -435,8 +470,9 @@ def train_segmenter(config: SegmenterTrainConfig, *, run_dir: str | Path, progre
         if progress:
             tqdm.write(f"epoch {epoch + 1}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()
                                                         if k.startswith(("loss", "val_dice", "val_det_f1"))))
+    epochs_done = len(run.history)
     return {"weights": str(weights), "best_epoch": None if best is None else best["epoch"],
-            "best": best, "epochs_run": config.epochs - start, "seconds": time.perf_counter() - t0}
+            "best": best, "epochs_run": epochs_done - start, "seconds": time.perf_counter() - t0}
 
 
 def _export(model: nn.Module, path: Path, *, config: SegmenterTrainConfig, epoch: int,
