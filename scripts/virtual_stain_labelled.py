@@ -27,6 +27,12 @@ pattern).
 
 ``--final-mpp`` resamples the translated images once more (e.g. 3.0: the overview sections some labs scan at about
 3 um/px); the folders are then named ``<stain>@<final-mpp>``.
+
+``--to-pas RUNS`` measures the self-adversarial paper's own route for a non-PAS slide, translation into PAS before
+segmenting: each re-stained image goes back through the X -> PAS generator ``G_BA`` of that stain's real CycleGAN
+(``RUNS/HE``, ``RUNS/PASM``, ``RUNS/MASSON``, ``RUNS/CD68``: the recipes of the shipped PAS -> X generators trained
+with ``--set export=both``); folders ``<name>+to-PAS``. Used with ``--via colour`` (through the CycleGANs both ways
+it would only measure their cycle consistency).
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from tqdm import tqdm
 from wsi_pipeline.atomic import atomic_write_json
 from wsi_pipeline.infer.loaders import generator_predictor
 from wsi_pipeline.labelled import read_labelled_folder
+from wsi_pipeline.models.registry import file_sha256
 from wsi_pipeline.stain.macenko import MacenkoParams, apply_macenko, fit_macenko
 from wsi_pipeline.weights import resolve_weights
 
@@ -82,6 +89,9 @@ def main() -> None:
     ap.add_argument("--via", choices=["cyclegan", "colour"], default="cyclegan",
                     help="the shipped real-stain generators, or a colour-only re-staining (structure kept)")
     ap.add_argument("--stain-patches", default="../shared/data/kidney-stains", help="references of --via colour")
+    ap.add_argument("--to-pas", type=Path, default=None, metavar="RUNS",
+                    help="then translate each image back to PAS with RUNS/<run>/G_BA.safetensors, the X -> PAS "
+                         "generator of a real-stain CycleGAN trained with export=both (folders '<name>+to-PAS')")
     args = ap.parse_args()
     items = read_labelled_folder(args.labelled)
     stains: dict[str, Callable[[np.ndarray], np.ndarray] | None] = {"PAS": None} if "PAS" in args.stains else {}
@@ -92,11 +102,17 @@ def main() -> None:
         else:
             ref = resolve_weights(GENERATORS[s])
             stains[s] = partial(_translate, predictor=generator_predictor(str(ref.path), ref.sha256, "cpu"))
+    to_pas: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
+    if args.to_pas is not None:
+        for s in (s for s in stains if s != "PAS"):
+            path = args.to_pas / GENERATORS[s].rsplit("-", 1)[-1] / "G_BA.safetensors"
+            to_pas[s] = partial(_translate, predictor=generator_predictor(str(path), file_sha256(path), "cpu"))
     out = Path(args.out)
     final = args.final_mpp or args.mpp
     reference: MacenkoParams | None = None
     for stain, restain in stains.items():
         name = stain if stain == "PAS" or args.via == "cyclegan" else f"{stain}~colour"
+        name += "+to-PAS" if stain in to_pas else ""
         folder = out / (name if args.final_mpp is None else f"{name}@{args.final_mpp:g}")
         normalised = folder.with_name(folder.name + "+macenko")
         (folder / "images").mkdir(parents=True, exist_ok=True)
@@ -108,6 +124,8 @@ def main() -> None:
             image, mask = _resample(rgb, labels, size)
             if restain is not None:
                 image = restain(image)
+            if stain in to_pas:
+                image = to_pas[stain](image)
             if final != args.mpp:
                 image, mask = _resample(image, mask, (round(size[0] * args.mpp / final), round(size[1] * args.mpp / final)))
             Image.fromarray(image).save(folder / "images" / f"{it.name}.png")
@@ -127,7 +145,8 @@ def main() -> None:
         (folder / "SOURCE.md").write_text(
             f"{stain} version of {args.labelled} at {final} um/px, written by scripts/virtual_stain_labelled.py"
             + (" (resampled only: the control)" if stain == "PAS" else f" via {args.via}: "
-               + (GENERATORS[stain] if args.via == "cyclegan" else f"the stain vectors of {COLOUR_REFERENCES[stain]}"))
+               + (GENERATORS[stain] if args.via == "cyclegan" else f"the stain vectors of {COLOUR_REFERENCES[stain]}")
+               + (f", then back to PAS by {args.to_pas}/*/G_BA.safetensors" if stain in to_pas else ""))
             + ".\n")
     print(json.dumps({"out": str(out), "stains": list(stains), "images": len(items)}))
 

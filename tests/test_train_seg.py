@@ -23,7 +23,7 @@ from wsi_pipeline.train.metrics import (
     pixel_counts,
     polygon_detection_scores,
 )
-from wsi_pipeline.train.segmentation import DAConfig, SegmenterTrainConfig, _Nets, _Trainer, train_segmenter
+from wsi_pipeline.train.segmentation import DAConfig, SegmenterTrainConfig, _loader, _Nets, _Trainer, train_segmenter
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ROOT / "configs" / "train-segmenter-fast.yaml"
@@ -200,6 +200,32 @@ def test_fast_run_resumes_at_the_right_epoch(tmp_path: Path, scene_cache: Path) 
     assert record.metadata["mpp"] == 2.0 and record.metadata["threshold"] == 0.5
     assert record.metadata["window"] == 128 and "dice" in record.metadata["validation"]
     assert record.training_config is not None and record.training_config["epochs"] in (1, 2)
+
+
+def test_time_budget_ends_the_run_and_its_decay(tmp_path: Path, scene_cache: Path) -> None:
+    run = tmp_path / "run"
+    cfg = fast_config(FAST, scene_cache, epochs=5, time_budget_s=0.01)
+    first = train_segmenter(cfg, run_dir=run, progress=False)
+    history = json.loads((run / "metrics.json").read_text())
+    # one epoch always runs; past the budget the cosine decay has reached its end and the run stops there
+    assert first["epochs_run"] == 1 and [h["epoch"] for h in history] == [0]
+    assert history[0]["lr"] == pytest.approx(0.0) and history[0]["train_seconds"] > 0.01
+    assert (run / "segmenter.safetensors").exists()
+    again = train_segmenter(cfg, run_dir=run, progress=False)  # resumed: the spent budget carries over
+    assert again["epochs_run"] == 0
+    more = train_segmenter(cfg.model_copy(update={"time_budget_s": 3600.0}), run_dir=run, progress=False)
+    history = json.loads((run / "metrics.json").read_text())
+    assert more["epochs_run"] == 4 and history[-1]["train_seconds"] > history[0]["train_seconds"]
+    assert 0 < history[1]["lr"] < cfg.lr  # a larger budget: the decay follows the share of it spent
+
+
+def test_loader_workers_give_the_same_batches(scenes: list[Any]) -> None:
+    data = SegDataConfig(layout_size=2048, render_downsample=4, patch=64, glomerulus_fraction=0.5)
+    ds = SegPatchDataset(scenes, config=data, length=8, seed=3)
+    ds.set_epoch(2)
+    inline = [b["image"] for b in _loader(ds, 4, 0)]
+    workers = [b["image"] for b in _loader(ds, 4, 2)]
+    assert len(inline) == len(workers) == 2 and all(torch.equal(a, b) for a, b in zip(inline, workers))
 
 
 def test_da_schedule_switches_phases() -> None:

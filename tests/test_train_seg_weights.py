@@ -21,7 +21,7 @@ HELD_OUT_SEED = 9101  # never used for training (1-24) or validation (101-104)
 
 def test_default_weights_verify_their_checksum(tmp_path: Path) -> None:
     path = default_weights("segmenter")
-    assert path.parent == WEIGHTS_DIR and path.stat().st_size < 4_000_000
+    assert path.parent == WEIGHTS_DIR and path.stat().st_size < 8_000_000  # width 1/4, float32: 6.3 MB
     copy = tmp_path / path.name
     shutil.copy(path, copy)
     shutil.copy(path.with_name(path.name + ".sha256"), tmp_path)

@@ -203,7 +203,8 @@ def evaluate_phantom_store(model: nn.Module, store_path: str | Path, layout: Lay
 class _Nets:
     """G and (with DA) the three discriminators with their optimisers and schedulers."""
 
-    def __init__(self, config: SegmenterTrainConfig, device: torch.device, schedule: _Schedule) -> None:
+    def __init__(self, config: SegmenterTrainConfig, device: torch.device, schedule: _Schedule | None = None) -> None:
+        schedule = schedule or _Schedule(config)
         self.g: UNetResNet34 = config.model.build().to(device)
         self.models: dict[str, nn.Module] = {"G": self.g}
         self.disc: dict[str, nn.Module] = {}
@@ -431,7 +432,7 @@ def train_segmenter(config: SegmenterTrainConfig, *, run_dir: str | Path, progre
     weights = run.run_dir / EXPORT_NAME
     t0 = time.perf_counter()
     for epoch in range(start, config.epochs):
-        if schedule.over():  # a time-budgeted run ends at the first epoch boundary past its budget
+        if schedule.over() and run.history:  # a time-budgeted run ends at the first epoch end past its budget
             break
         phase = config.da.phase(epoch)
         src.set_epoch(epoch)
