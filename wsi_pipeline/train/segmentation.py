@@ -258,7 +258,8 @@ def _seg_loss(logits: torch.Tensor, mask: torch.Tensor, dice_weight: float) -> t
     return loss
 
 
-def _loader(ds: Dataset[dict[str, torch.Tensor]], batch_size: int, workers: int = 0) -> DataLoader[dict[str, torch.Tensor]]:
+def _loader(ds: Dataset[dict[str, torch.Tensor]], batch_size: int,
+            workers: int = 0) -> DataLoader[dict[str, torch.Tensor]]:
     # in-process by default: on the 2-core CPU the cores are better spent on the network; on a GPU host the crops
     # (paste, resample, recolour: ~13 ms each on one core) are the bottleneck, so workers make them in parallel
     # (items are pure functions of (seed, epoch, index): the same batches either way)
