@@ -25,12 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from wsi_pipeline.infer.predictor import TorchPredictor  # noqa: E402
 from wsi_pipeline.models.registry import load_model  # noqa: E402
 from wsi_pipeline.weights import default_weights  # noqa: E402
-from workflows.bench.precision import seg_windows  # noqa: E402
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    inter, total = np.logical_and(a, b).sum(), a.sum() + b.sum()
-    return 1.0 if total == 0 else float(2 * inter / total)
+from workflows.bench.precision import dice_agreement, seg_windows  # noqa: E402
 
 
 def timed(pred: TorchPredictor, x: np.ndarray, rounds: int = 5) -> float:
@@ -54,9 +49,9 @@ def main() -> None:
     args = ap.parse_args()
     windows = seg_windows(args.tiles)  # (6, 3, 512, 512) uint8
     model, record = load_model(default_weights("segmenter"))
-    threshold = float(record.metadata["threshold"])
+    agree = dice_agreement(float(record.metadata["threshold"]))  # the CPU bench's mask Dice
     cpu = TorchPredictor(model, device="cpu", amp=False, channels_last=False, activation="sigmoid")
-    ref = cpu(windows)[:, 0] >= threshold
+    ref = cpu(windows)
     results: dict[str, dict[str, float]] = {"cpu fp32": {
         "dice_vs_cpu_fp32": 1.0, "windows_per_s_b8": timed(cpu, np.concatenate([windows] * 2)[:8], rounds=2)}}
     big = np.concatenate([windows] * 11)[:64]
@@ -64,8 +59,7 @@ def main() -> None:
                           ("cuda fp32 channels_last", False, True), ("cuda fp32", False, False)):
         model, _ = load_model(default_weights("segmenter"))
         pred = TorchPredictor(model, device="cuda", amp=amp, channels_last=cl, activation="sigmoid")
-        masks = pred(windows)[:, 0] >= threshold
-        results[name] = {"dice_vs_cpu_fp32": dice(masks, ref),
+        results[name] = {"dice_vs_cpu_fp32": agree(ref, pred(windows))["dice_vs_fp32"],
                          "windows_per_s_b8": timed(pred, big[:8]), "windows_per_s_b64": timed(pred, big)}
         print(name, results[name], flush=True)
     info = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "windows": int(len(windows)),

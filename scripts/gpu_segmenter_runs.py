@@ -72,9 +72,9 @@ def main() -> None:
     folds = [str(k) for k in range(n_folds)] if args.folds == "all" else args.folds.split(",")
     names = {f"fold-{k}": k for k in folds} | ({"all": "all"} if args.folds == "all" else {})
     args.runs.mkdir(parents=True, exist_ok=True)
-    procs = {}
+    procs, logs = {}, []
     for name, fold in names.items():
-        log = open(args.runs / f"{name}.log", "w")
+        logs.append(log := open(args.runs / f"{name}.log", "w"))
         procs[name] = subprocess.Popen([sys.executable, __file__, "--config", args.config, "--data", str(args.data),
                                         "--runs", str(args.runs), "--out", str(args.out), "--budget",
                                         str(args.budget), "--one", str(args.runs / name), fold],
@@ -87,6 +87,8 @@ def main() -> None:
             p.kill()
             print(f"{name}: killed at the {args.limit:.0f} s limit", flush=True)
         print(f"{name}: exit {p.wait()}", flush=True)
+    for log in logs:
+        log.close()
     args.out.mkdir(parents=True, exist_ok=True)
     for name in names:
         weights = args.runs / name / "segmenter.safetensors"

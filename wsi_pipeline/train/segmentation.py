@@ -432,6 +432,7 @@ def train_segmenter(config: SegmenterTrainConfig, *, run_dir: str | Path, progre
     best = max((h for h in run.history if eligible(h)), key=lambda h: h.get("select", -1.0), default=None)
     weights = run.run_dir / EXPORT_NAME
     t0 = time.perf_counter()
+    epochs_run = 0
     for epoch in range(start, config.epochs):
         if schedule.over() and run.history:  # a time-budgeted run ends at the first epoch end past its budget
             break
@@ -472,9 +473,9 @@ def train_segmenter(config: SegmenterTrainConfig, *, run_dir: str | Path, progre
         if progress:
             tqdm.write(f"epoch {epoch + 1}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()
                                                         if k.startswith(("loss", "val_dice", "val_det_f1"))))
-    epochs_done = len(run.history)
+        epochs_run += 1
     return {"weights": str(weights), "best_epoch": None if best is None else best["epoch"],
-            "best": best, "epochs_run": epochs_done - start, "seconds": time.perf_counter() - t0}
+            "best": best, "epochs_run": epochs_run, "seconds": time.perf_counter() - t0}
 
 
 def _export(model: nn.Module, path: Path, *, config: SegmenterTrainConfig, epoch: int,
