@@ -7,6 +7,10 @@ training sample ``b`` in stain B, with probability ``p``::
 
     a' = G_BA(b);   a' += N(0, sigma),  sigma ~ U(0, eps];   b~ = G_AB(a')
 
+The paper uses one partner stain A; with several (``pairs``: PAS <-> H&E, silver, Sirius Red, CD68 for a PAS
+segmenter) each augmented sample goes round one pair drawn at random, so the new appearances stay PAS-like while the
+round trip's invented variation comes from every partner.
+
 :class:`StainTransferAugment` is the translation half of it for a segmenter labelled in one stain only: with
 probability ``p`` a sample goes through one PAS -> X generator drawn at random (X: the real stains the generators
 learnt from unlabelled patches), its input perturbed by the same ``N(0, sigma)``, so the network also sees the
@@ -24,10 +28,11 @@ torch.Size([2, 3, 32, 32])
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from ..config import FrozenConfig
@@ -36,15 +41,41 @@ from ..models.registry import load_model
 from ..weights import resolve_weights
 
 
-class SelfAdversarialConfig(FrozenConfig):
-    """Where the two generators are and how strongly to perturb. ``g_ab``: A -> B (B = the training stain)."""
+class GeneratorPair(FrozenConfig):
+    """One CycleGAN's two generators: ``g_ab`` A -> B (B = the training stain), ``g_ba`` B -> A."""
 
     g_ab: str = Field(description="weights of G_AB (translates into the training stain B)")
     g_ba: str = Field(description="weights of G_BA (translates the training stain B into A)")
+    g_ab_sha256: str | None = None
+    g_ba_sha256: str | None = None
+
+
+class SelfAdversarialConfig(FrozenConfig):
+    """Where the generators are and how strongly to perturb: one pair (``g_ab`` / ``g_ba``, the paper's setting)
+    or several (``pairs``, one drawn per augmented sample)."""
+
+    g_ab: str | None = Field(None, description="weights of G_AB (translates into the training stain B)")
+    g_ba: str | None = Field(None, description="weights of G_BA (translates the training stain B into A)")
+    pairs: tuple[GeneratorPair, ...] = ()
     p: float = Field(0.5, ge=0.0, le=1.0, description="probability that a sample is augmented (paper: 0.5)")
     eps: float = Field(0.05, gt=0.0, description="upper bound of the noise sigma (paper's best: 0.05)")
     g_ab_sha256: str | None = None
     g_ba_sha256: str | None = None
+
+    @model_validator(mode="after")
+    def _one_way(self) -> SelfAdversarialConfig:
+        single = self.g_ab is not None or self.g_ba is not None
+        if single == bool(self.pairs) or (single and (self.g_ab is None or self.g_ba is None)):
+            raise ValueError("augment: give either both g_ab and g_ba (one CycleGAN) or pairs (several), not both")
+        return self
+
+    def all_pairs(self) -> tuple[GeneratorPair, ...]:
+        """Every generator pair, the single one included."""
+        if self.pairs:
+            return self.pairs
+        assert self.g_ab is not None and self.g_ba is not None  # checked by the validator
+        return (GeneratorPair(g_ab=self.g_ab, g_ba=self.g_ba, g_ab_sha256=self.g_ab_sha256,
+                              g_ba_sha256=self.g_ba_sha256),)
 
 
 class StainTransferConfig(FrozenConfig):
@@ -82,24 +113,36 @@ class _FrozenGeneratorAugment(nn.Module):
 
 
 class SelfAdversarialAugment(_FrozenGeneratorAugment):
-    """Self-adversarial transform; the generators are frozen and run without gradients, in eval mode."""
+    """Self-adversarial transform; the generators are frozen and run without gradients, in eval mode.
 
-    def __init__(self, g_ab: nn.Module, g_ba: nn.Module, *, p: float = 0.5, eps: float = 0.05) -> None:
+    ``SelfAdversarialAugment(g_ab, g_ba)`` is the paper's one partner stain; ``more_pairs`` adds further
+    ``(g_ab, g_ba)`` pairs, one drawn at random for each augmented sample.
+    """
+
+    def __init__(self, g_ab: nn.Module, g_ba: nn.Module, *, p: float = 0.5, eps: float = 0.05,
+                 more_pairs: Sequence[tuple[nn.Module, nn.Module]] = ()) -> None:
         super().__init__()
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"p={p}: expected a probability in [0, 1]")
         if eps <= 0:
             raise ValueError(f"eps={eps}: must be > 0 (sigma is drawn from (0, eps])")
         self.g_ab, self.g_ba = g_ab.eval().requires_grad_(False), g_ba.eval().requires_grad_(False)
+        self.more_ab = nn.ModuleList(ab.eval().requires_grad_(False) for ab, _ in more_pairs)
+        self.more_ba = nn.ModuleList(ba.eval().requires_grad_(False) for _, ba in more_pairs)
         self.p, self.eps = float(p), float(eps)
 
     @classmethod
     def from_config(cls, config: SelfAdversarialConfig, *, device: torch.device | str = "cpu"
                     ) -> SelfAdversarialAugment:
-        """Load both generators through the registry (checksums checked); ``WeightsError`` names a bad file."""
-        g_ab = _load_generator(config.g_ab, config.g_ab_sha256, device)
-        g_ba = _load_generator(config.g_ba, config.g_ba_sha256, device)
-        return cls(g_ab, g_ba, p=config.p, eps=config.eps)
+        """Load every generator through the registry (checksums checked); ``WeightsError`` names a bad file."""
+        nets = [(_load_generator(pair.g_ab, pair.g_ab_sha256, device),
+                 _load_generator(pair.g_ba, pair.g_ba_sha256, device)) for pair in config.all_pairs()]
+        (g_ab, g_ba), *more = nets
+        return cls(g_ab, g_ba, p=config.p, eps=config.eps, more_pairs=more)
+
+    def pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """``(g_ab, g_ba)`` of every partner stain, the first pair first."""
+        return [(self.g_ab, self.g_ba), *zip(self.more_ab, self.more_ba)]
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -108,10 +151,18 @@ class SelfAdversarialAugment(_FrozenGeneratorAugment):
         out = images.clone()
         if not bool(chosen.any()):
             return out
-        idx = chosen.nonzero().flatten().to(images.device)
-        a = self.g_ba(images.index_select(0, idx) * 2.0 - 1.0)
-        b_tilde = self.g_ab(_perturb(a, self.eps, generator))
-        out[idx] = ((b_tilde.to(images.dtype) + 1.0) / 2.0).clamp_(0.0, 1.0)
+        pairs = self.pairs()
+        # one pair: no draw, so the paper's single-partner setting keeps its random stream
+        which = torch.randint(len(pairs), (len(images),), generator=generator) if len(pairs) > 1 else None
+        for k, (g_ab, g_ba) in enumerate(pairs):
+            mask = chosen if which is None else chosen & (which == k)
+            idx = mask.nonzero().flatten()
+            if len(idx) == 0:
+                continue
+            idx = idx.to(images.device)
+            a = g_ba(images.index_select(0, idx) * 2.0 - 1.0)
+            b_tilde = g_ab(_perturb(a, self.eps, generator))
+            out[idx] = ((b_tilde.to(images.dtype) + 1.0) / 2.0).clamp_(0.0, 1.0)
         return out
 
 
@@ -168,4 +219,4 @@ class StainTransferAugment(_FrozenGeneratorAugment):
         return out
 
 
-__all__ = ["SelfAdversarialAugment", "SelfAdversarialConfig", "StainTransferAugment", "StainTransferConfig"]
+__all__ = ["GeneratorPair", "SelfAdversarialAugment", "SelfAdversarialConfig", "StainTransferAugment", "StainTransferConfig"]
