@@ -110,3 +110,26 @@ def test_stain_transfer_translates_the_chosen_samples_with_shipped_generators() 
     assert torch.equal(StainTransferAugment(gens, p=0.0)(images), images)  # p = 0: untouched
     with pytest.raises(ValueError, match="at least one"):
         StainTransferAugment([])
+
+
+def test_several_partner_stains_each_sample_goes_round_one_pair(tmp_path: Path) -> None:
+    pairs = [(small_generator(2 * k), small_generator(2 * k + 1)) for k in range(3)]
+    aug = SelfAdversarialAugment(*pairs[0], p=1.0, eps=1e-6, more_pairs=pairs[1:])
+    x = torch.rand(12, 3, 24, 24, generator=torch.Generator().manual_seed(4))
+    y = aug(x, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():  # each pair's round trip without noise (eps 1e-6: below the tolerance)
+        trips = [((g_ab(g_ba(x * 2 - 1)) + 1) / 2).clamp(0, 1) for g_ab, g_ba in pairs]
+    used = {next(k for k, t in enumerate(trips) if torch.allclose(y[i], t[i], atol=1e-3)) for i in range(len(x))}
+    assert used == {0, 1, 2}  # 12 samples, 3 pairs: all three drawn (chance of missing one: 3 * (2/3)^12 < 2 %)
+    assert not aug.more_ab[0].training and not any(p.requires_grad for p in aug.parameters())
+    # the config: one pair (g_ab / g_ba) or several (pairs), never both or neither
+    paths = []
+    for i in range(2):
+        path = tmp_path / f"g{i}.safetensors"
+        registry.save_model(small_generator(i), path, arch="cyclegan_generator", config={"ngf": 4, "n_blocks": 1})
+        paths.append(str(path))
+    two = SelfAdversarialConfig(pairs=({"g_ab": paths[0], "g_ba": paths[1]}, {"g_ab": paths[1], "g_ba": paths[0]}))
+    assert len(SelfAdversarialAugment.from_config(two).pairs()) == 2
+    for bad in ({}, {"g_ab": paths[0]}, {"g_ab": paths[0], "g_ba": paths[1], "pairs": two.pairs}):
+        with pytest.raises(ValueError, match="either both g_ab and g_ba"):
+            SelfAdversarialConfig.model_validate(bad)
