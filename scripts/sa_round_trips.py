@@ -49,7 +49,7 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)
     columns = [x]
     with torch.no_grad():
-        for (g_ab, g_ba), name in zip(aug.pairs(), [p.g_ab for p in config.augment.all_pairs()]):
+        for (g_ab, g_ba), name in zip(aug.pairs(), [p.g_ab for p in config.augment.pairs]):
             a = g_ba(x * 2 - 1)
             b = g_ab(a + config.augment.eps * torch.randn(a.shape, generator=gen))
             back = ((b + 1) / 2).clamp(0, 1)

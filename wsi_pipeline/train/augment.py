@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from pydantic import Field, model_validator
@@ -50,32 +51,29 @@ class GeneratorPair(FrozenConfig):
     g_ba_sha256: str | None = None
 
 
-class SelfAdversarialConfig(FrozenConfig):
-    """Where the generators are and how strongly to perturb: one pair (``g_ab`` / ``g_ba``, the paper's setting)
-    or several (``pairs``, one drawn per augmented sample)."""
+_PAIR_KEYS = ("g_ab", "g_ba", "g_ab_sha256", "g_ba_sha256")  # one pair written flat in SelfAdversarialConfig
 
-    g_ab: str | None = Field(None, description="weights of G_AB (translates into the training stain B)")
-    g_ba: str | None = Field(None, description="weights of G_BA (translates the training stain B into A)")
-    pairs: tuple[GeneratorPair, ...] = ()
+
+class SelfAdversarialConfig(FrozenConfig):
+    """Where the generators are and how strongly to perturb: ``pairs`` (one drawn per augmented sample), or the
+    paper's one pair written flat as ``g_ab`` / ``g_ba`` (with optional ``g_ab_sha256`` / ``g_ba_sha256``)."""
+
+    pairs: tuple[GeneratorPair, ...] = Field(min_length=1, description="the CycleGANs, one drawn per sample")
     p: float = Field(0.5, ge=0.0, le=1.0, description="probability that a sample is augmented (paper: 0.5)")
     eps: float = Field(0.05, gt=0.0, description="upper bound of the noise sigma (paper's best: 0.05)")
-    g_ab_sha256: str | None = None
-    g_ba_sha256: str | None = None
 
-    @model_validator(mode="after")
-    def _one_way(self) -> SelfAdversarialConfig:
-        single = self.g_ab is not None or self.g_ba is not None
-        if single == bool(self.pairs) or (single and (self.g_ab is None or self.g_ba is None)):
+    @model_validator(mode="before")
+    @classmethod
+    def _one_pair_flat(cls, data: Any) -> Any:
+        """``g_ab: ..., g_ba: ...`` -> ``pairs: [{g_ab: ..., g_ba: ...}]``; never both forms, never neither."""
+        if not isinstance(data, dict):
+            return data
+        flat = {k: data[k] for k in _PAIR_KEYS if k in data}
+        if bool(flat) == ("pairs" in data) or (flat and not {"g_ab", "g_ba"} <= flat.keys()):
             raise ValueError("augment: give either both g_ab and g_ba (one CycleGAN) or pairs (several), not both")
-        return self
-
-    def all_pairs(self) -> tuple[GeneratorPair, ...]:
-        """Every generator pair, the single one included."""
-        if self.pairs:
-            return self.pairs
-        assert self.g_ab is not None and self.g_ba is not None  # checked by the validator
-        return (GeneratorPair(g_ab=self.g_ab, g_ba=self.g_ba, g_ab_sha256=self.g_ab_sha256,
-                              g_ba_sha256=self.g_ba_sha256),)
+        if not flat:
+            return data
+        return {**{k: v for k, v in data.items() if k not in _PAIR_KEYS}, "pairs": (flat,)}
 
 
 class StainTransferConfig(FrozenConfig):
@@ -136,7 +134,7 @@ class SelfAdversarialAugment(_FrozenGeneratorAugment):
                     ) -> SelfAdversarialAugment:
         """Load every generator through the registry (checksums checked); ``WeightsError`` names a bad file."""
         nets = [(_load_generator(pair.g_ab, pair.g_ab_sha256, device),
-                 _load_generator(pair.g_ba, pair.g_ba_sha256, device)) for pair in config.all_pairs()]
+                 _load_generator(pair.g_ba, pair.g_ba_sha256, device)) for pair in config.pairs]
         (g_ab, g_ba), *more = nets
         return cls(g_ab, g_ba, p=config.p, eps=config.eps, more_pairs=more)
 
@@ -153,17 +151,22 @@ class SelfAdversarialAugment(_FrozenGeneratorAugment):
             return out
         pairs = self.pairs()
         # one pair: no draw, so the paper's single-partner setting keeps its random stream
-        which = torch.randint(len(pairs), (len(images),), generator=generator) if len(pairs) > 1 else None
-        for k, (g_ab, g_ba) in enumerate(pairs):
-            mask = chosen if which is None else chosen & (which == k)
-            idx = mask.nonzero().flatten()
-            if len(idx) == 0:
-                continue
-            idx = idx.to(images.device)
+        for k, idx in _per_option(chosen, len(pairs), generator, images.device, draw_single=False):
+            g_ab, g_ba = pairs[k]
             a = g_ba(images.index_select(0, idx) * 2.0 - 1.0)
             b_tilde = g_ab(_perturb(a, self.eps, generator))
             out[idx] = ((b_tilde.to(images.dtype) + 1.0) / 2.0).clamp_(0.0, 1.0)
         return out
+
+
+def _per_option(chosen: torch.Tensor, n: int, generator: torch.Generator | None, device: torch.device, *,
+                draw_single: bool) -> list[tuple[int, torch.Tensor]]:
+    """Split the chosen samples among ``n`` options drawn uniformly per sample: ``(option, indices on device)`` for
+    each option that got any. With ``n == 1`` the draw is made only if ``draw_single`` (it keeps a random stream)."""
+    which = (torch.randint(n, chosen.shape, generator=generator) if n > 1 or draw_single
+             else torch.zeros(chosen.shape, dtype=torch.long))
+    groups = [(k, (chosen & (which == k)).nonzero().flatten()) for k in range(n)]
+    return [(k, idx.to(device)) for k, idx in groups if len(idx)]
 
 
 def _perturb(x: torch.Tensor, eps: float, generator: torch.Generator | None) -> torch.Tensor:
@@ -207,16 +210,13 @@ class StainTransferAugment(_FrozenGeneratorAugment):
     def forward(self, images: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
         """Augment a ``(N, 3, H, W)`` batch in [0, 1] (a new tensor); ``generator`` seeds the draws (CPU RNG)."""
         chosen = self._chosen(images, generator)
-        which = torch.randint(len(self.generators), (len(images),), generator=generator)
         out = images.clone()
-        for k, net in enumerate(self.generators):
-            idx = (chosen & (which == k)).nonzero().flatten()
-            if len(idx) == 0:
-                continue
-            idx = idx.to(images.device)
+        for k, idx in _per_option(chosen, len(self.generators), generator, images.device, draw_single=True):
+            net = self.generators[k]
             x = _perturb(images.index_select(0, idx) * 2.0 - 1.0, self.eps, generator)
             out[idx] = ((net(x).to(images.dtype) + 1.0) / 2.0).clamp_(0.0, 1.0)
         return out
 
 
-__all__ = ["GeneratorPair", "SelfAdversarialAugment", "SelfAdversarialConfig", "StainTransferAugment", "StainTransferConfig"]
+__all__ = ["GeneratorPair", "SelfAdversarialAugment", "SelfAdversarialConfig", "StainTransferAugment",
+           "StainTransferConfig"]
